@@ -1,0 +1,229 @@
+"""Configuration: environment variables with the prefix ``BROKERSYNC_`` and an optional ``.env``.
+
+Built once, in a component's entry point, and passed down explicitly (no module globals).
+
+Strictness, because a service that starts with a typo'd variable silently uses a default:
+* an unknown ``BROKERSYNC_*`` name is an error, with a did-you-mean;
+* a value with leading or trailing whitespace is an error (a classic ``.env`` / NSSM pitfall);
+* a missing required value (e.g. credentials once ``BROKERSYNC_BROKER=robinhood``) is an error;
+each naming the variable and the fix, raised as :class:`ConfigError` (exit code 78).
+Secret values are ``SecretStr`` and never appear in messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from brokersync.errors import ConfigError
+
+PREFIX = "BROKERSYNC_"
+
+
+def project_root() -> Path:
+    """The checkout that holds this package (editable install), else the current folder."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists():
+        return here
+    return Path.cwd()
+
+
+class Settings(BaseSettings):
+    """Every setting brokersync reads. Field ``foo`` is the variable ``BROKERSYNC_FOO``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        case_sensitive=False,
+        extra="forbid",
+        env_file=None,  # loaded explicitly by load_settings(), after validation
+        frozen=True,
+    )
+
+    # --- database -------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:pass@host:5432/db). Unset: an embedded "
+        "server is started in BROKERSYNC_DATA_DIR/pgdata.",
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: project_root() / ".brokersync",
+        description="Folder for the embedded database, logs and the broker session.",
+    )
+
+    # --- logging --------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_dir: Path | None = Field(default=None, description="Default: BROKERSYNC_DATA_DIR/logs.")
+    log_file: bool = Field(
+        default=False,
+        description="Also write a rotating log file per component (set by the service files).",
+    )
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(default=5, ge=0)
+
+    # --- consumer runtime -----------------------------------------------------------------
+    consumer_batch_size: int = Field(default=500, ge=1, le=100_000)
+    consumer_poll_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between catch-up polls when no NOTIFY arrives."
+    )
+    consumer_max_attempts: int = Field(
+        default=4, ge=1, description="Attempts at one event before it becomes a dead letter."
+    )
+    consumer_retry_backoff: float = Field(
+        default=0.5, ge=0, description="First retry delay in seconds; doubles per attempt."
+    )
+    reconnect_max_backoff: float = Field(default=30.0, gt=0)
+
+    # --- broker / producer ----------------------------------------------------------------
+    broker: Literal["auto", "simulated", "robinhood"] = Field(
+        default="auto",
+        description="auto: Robinhood when BROKERSYNC_ROBINHOOD_USERNAME is set, else simulated.",
+    )
+    robinhood_username: str | None = None
+    robinhood_password: SecretStr | None = None
+    robinhood_mfa_secret: SecretStr | None = Field(
+        default=None, description="Base32 TOTP secret, for accounts with an authenticator app."
+    )
+    session_dir: Path | None = Field(
+        default=None, description="Where the broker session is stored. Default: DATA_DIR/session."
+    )
+
+    @field_validator("data_dir", "log_dir", "session_dir", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return v.expanduser().resolve() if v is not None else None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        # load_settings() reads and checks the environment and .env itself, then passes
+        # the values in: the environment is read exactly once, by code that validates names.
+        return (init_settings,)
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def logs_path(self) -> Path:
+        return self.log_dir or self.data_dir / "logs"
+
+    @property
+    def session_path(self) -> Path:
+        return self.session_dir or self.data_dir / "session"
+
+    @property
+    def effective_broker(self) -> Literal["simulated", "robinhood"]:
+        if self.broker == "auto":
+            return "robinhood" if self.robinhood_username else "simulated"
+        return self.broker
+
+    def secret_values(self) -> list[str]:
+        """Every secret's plain value, for the log redaction filter."""
+        out: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                plain = value.get_secret_value()
+                if plain:
+                    out.append(plain)
+        return out
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def known_names() -> set[str]:
+    return {env_name(f) for f in Settings.model_fields}
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    from dotenv import dotenv_values  # a dependency of pydantic-settings
+
+    values = dotenv_values(path)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def default_env_file() -> Path | None:
+    for candidate in (Path.cwd() / ".env", project_root() / ".env"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_raw(raw: Mapping[str, str], origin: Mapping[str, str]) -> None:
+    """Reject unknown ``BROKERSYNC_*`` names and values with surrounding whitespace."""
+    known = known_names()
+    problems: list[str] = []
+    for name, value in sorted(raw.items()):
+        upper = name.upper()
+        where = origin.get(name, "the environment")
+        if upper not in known:
+            guess = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+            hint = f" Did you mean {guess[0]}?" if guess else ""
+            problems.append(
+                f"{upper} (from {where}) is not a brokersync setting.{hint} "
+                f"Rename or remove it; the settings are listed in the README."
+            )
+            continue
+        if value != value.strip():
+            problems.append(
+                f"{upper} (from {where}) has leading or trailing whitespace. "
+                f"Remove the spaces, tabs or newlines around the value."
+            )
+    if problems:
+        raise ConfigError("configuration error:\n  " + "\n  ".join(problems))
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None | Literal["default"] = "default",
+    **overrides: Any,
+) -> Settings:
+    """Build and validate the settings; raise :class:`ConfigError` naming the variable."""
+    environ = os.environ if environ is None else environ
+    path = default_env_file() if env_file == "default" else env_file
+
+    raw: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    if path is not None:
+        for k, v in _read_env_file(path).items():
+            if k.upper().startswith(PREFIX):
+                raw[k.upper()] = v
+                origin[k.upper()] = str(path)
+    for k, v in environ.items():  # the environment wins over .env
+        if k.upper().startswith(PREFIX):
+            raw[k.upper()] = v
+            origin[k.upper()] = "the environment"
+    check_raw(raw, origin)
+
+    values: dict[str, Any] = {k[len(PREFIX) :].lower(): v for k, v in raw.items() if v != ""}
+    values.update(overrides)
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_input=False, include_url=False):
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            lines.append(f"{env_name(field)}: {err['msg']}")
+        raise ConfigError("configuration error:\n  " + "\n  ".join(lines)) from None
+
+    if settings.effective_broker == "robinhood":
+        missing = [
+            env_name(f)
+            for f in ("robinhood_username", "robinhood_password")
+            if getattr(settings, f) is None
+        ]
+        if missing:
+            raise ConfigError(
+                "configuration error:\n  "
+                + "\n  ".join(
+                    f"{m} is required when BROKERSYNC_BROKER is robinhood (or a username is set). "
+                    f"Set it in the environment or .env, or unset BROKERSYNC_BROKER to use the "
+                    f"simulated broker."
+                    for m in missing
+                )
+            )
+    return settings

@@ -1,0 +1,442 @@
+"""The consumer runtime: apply the event log to a consumer's tables, exactly once, in order.
+
+A consumer is a name, the kinds of snapshot it wants, and a handler. The runtime gives it:
+
+* a durable cursor in ``consumer_cursors``; on start and after every reconnect it catches up
+  from there. NOTIFY on ``brokersync_events`` only shortens the wait; a slow poll covers a lost
+  notification.
+* gap-safe reading: events are read in (tx_id, id) order and only below the oldest running
+  transaction (``pg_snapshot_xmin``), so a row whose transaction commits after a later id's is
+  never stepped over (see ``schema/migrations/0001_event_log.sql``).
+* batches: one transaction per batch holds the handler's effects and the cursor's advance, so a
+  crash at any instant leaves the tables as if every event before the cursor applied once.
+* poison events: each event runs in a savepoint; a failing one is retried with backoff, then
+  recorded in ``consumer_dead_letters`` and skipped. ``brokersync dlq retry`` re-applies it.
+* reconnect with backoff on connection loss; a stop signal rolls back the batch in flight and
+  returns promptly.
+* one active instance per consumer name (a session advisory lock); a second instance waits as a
+  standby and takes over when the first one's connection ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+
+from brokersync.db import connect, is_connection_error
+from brokersync.signals import Backoff
+from schema.eventlog import CONTROL_CHANNEL, EVENTS_CHANNEL, parse_notice
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[psycopg.Connection[Any], "Event"], None]
+ConnHook = Callable[[psycopg.Connection[Any]], None]
+
+WAIT_SLICE = 0.25  # seconds: how often a wait checks the stop event
+HELD_BACK_RECHECK = 0.02  # committed events held behind an older running transaction
+HEARTBEAT_EVERY = 10.0
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    tx_id: int
+    account: str
+    kind: str
+    source: str
+    fetched_at: datetime
+    recorded_at: datetime
+    cycle_id: int | None
+    payload: Any
+    raw_body: str | None
+
+    @property
+    def malformed(self) -> bool:
+        return self.payload is None
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """What a consumer module exports as ``CONSUMER``."""
+
+    name: str
+    kinds: tuple[str, ...]  # empty: every kind
+    handle: Handler
+    # Empties the consumer's own tables before a full replay (rebuild from the first event).
+    reset: ConnHook | None = None
+    # Called once per session before the loop (e.g. to create test tables).
+    setup: ConnHook | None = None
+    # Called when the consumer is idle (caught up), at most every `tick_interval` seconds:
+    # time-based work such as a daily summary or a staleness check.
+    tick: ConnHook | None = None
+    tick_interval: float = 60.0
+    tables: tuple[str, ...] = ()  # the tables it owns, in dependency order
+    description: str = ""
+
+
+@dataclass
+class RuntimeConfig:
+    batch_size: int = 500
+    poll_interval: float = 30.0
+    max_attempts: int = 4
+    retry_backoff: float = 0.5
+    reconnect_max_backoff: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RuntimeConfig:
+        return cls(
+            batch_size=settings.consumer_batch_size,
+            poll_interval=settings.consumer_poll_interval,
+            max_attempts=settings.consumer_max_attempts,
+            retry_backoff=settings.consumer_retry_backoff,
+            reconnect_max_backoff=settings.reconnect_max_backoff,
+        )
+
+
+class _Stopped(Exception):
+    """Raised inside a batch transaction to roll it back when a stop was requested."""
+
+
+def advisory_key(name: str) -> str:
+    return f"brokersync.consumer:{name}"
+
+
+def _columns(alias: str = "") -> str:
+    p = f"{alias}." if alias else ""
+    return (
+        f"{p}id, {p}tx_id::text::bigint, {p}account, {p}kind, {p}source, {p}fetched_at, "
+        f"{p}recorded_at, {p}cycle_id, {p}payload, {p}raw_body"
+    )
+
+
+_EVENT_COLUMNS = _columns()
+
+
+def _event(row: tuple[Any, ...]) -> Event:
+    return Event(*row)
+
+
+@dataclass
+class Runner:
+    consumer: Consumer
+    url: str
+    config: RuntimeConfig = field(default_factory=RuntimeConfig)
+    stop: threading.Event = field(default_factory=threading.Event)
+    # Return once caught up (replay in the foreground) instead of waiting for more.
+    exit_when_idle: bool = False
+    on_batch: Callable[[int], None] | None = None
+    applied_total: int = 0
+    _last_heartbeat: float = 0.0
+    _last_tick: float = 0.0
+
+    # ---- the outer loop: (re)connect with backoff --------------------------------------------
+    def run(self) -> None:
+        backoff = Backoff(0.5, self.config.reconnect_max_backoff)
+        while not self.stop.is_set():
+            try:
+                self._session(backoff)
+                return
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                delay = backoff.next()
+                log.warning(
+                    "%s: database connection lost (%s); reconnecting in %.1fs",
+                    self.consumer.name, str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__, delay,
+                )
+                self.stop.wait(delay)
+
+    def _session(self, backoff: Backoff) -> None:
+        conn = connect(self.url, autocommit=True, application_name=f"brokersync:{self.consumer.name}")
+        try:
+            self._acquire_lock(conn)
+            if self.stop.is_set():
+                return
+            conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+            conn.execute(f"LISTEN {CONTROL_CHANNEL}")
+            if self.consumer.setup is not None:
+                with conn.transaction():
+                    self.consumer.setup(conn)
+            self._register(conn)
+            log.info("%s: started (kinds: %s)", self.consumer.name, ", ".join(self.consumer.kinds) or "all")
+            backoff.reset()
+            self._loop(conn)
+        finally:
+            try:
+                conn.close()
+            except Exception:  # closing a dead connection must not hide the real error
+                pass
+
+    def _acquire_lock(self, conn: psycopg.Connection[Any]) -> None:
+        said = False
+        while not self.stop.is_set():
+            got = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (advisory_key(self.consumer.name),)
+            ).fetchone()
+            if got and got[0]:
+                if said:
+                    log.info("%s: the active instance is gone; taking over", self.consumer.name)
+                return
+            if not said:
+                log.info("%s: another instance is active; waiting as a standby", self.consumer.name)
+                said = True
+            self.stop.wait(1.0)
+
+    def _register(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(
+            """INSERT INTO consumer_cursors (consumer, kinds, pid, host, heartbeat_at)
+               VALUES (%s, %s, %s, %s, now())
+               ON CONFLICT (consumer) DO UPDATE
+               SET kinds = EXCLUDED.kinds, pid = EXCLUDED.pid, host = EXCLUDED.host,
+                   heartbeat_at = now()""",
+            (self.consumer.name, list(self.consumer.kinds), os.getpid(), socket.gethostname()),
+        )
+        self._last_heartbeat = time.monotonic()
+
+    # ---- the inner loop: catch up, then wait for a NOTIFY or the poll ------------------------
+    def _loop(self, conn: psycopg.Connection[Any]) -> None:
+        while not self.stop.is_set():
+            self._retry_requested(conn)
+            applied, full, held_back = self._batch(conn)
+            if self.stop.is_set():
+                return
+            if full or applied:
+                continue  # more may be waiting: read again before sleeping
+            if self.exit_when_idle and not held_back:
+                return
+            self._idle_work(conn)
+            self._wait(conn, HELD_BACK_RECHECK if held_back else self.config.poll_interval)
+
+    def _idle_work(self, conn: psycopg.Connection[Any]) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat >= HEARTBEAT_EVERY:
+            conn.execute(
+                "UPDATE consumer_cursors SET heartbeat_at = now(), pid = %s WHERE consumer = %s",
+                (os.getpid(), self.consumer.name),
+            )
+            self._last_heartbeat = now
+        if self.consumer.tick is not None and now - self._last_tick >= self.consumer.tick_interval:
+            self._last_tick = now
+            try:
+                with conn.transaction():
+                    self.consumer.tick(conn)
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise
+                log.exception("%s: periodic task failed", self.consumer.name)
+
+    def _wait(self, conn: psycopg.Connection[Any], timeout: float) -> None:
+        """Wait for a relevant notification, the poll timeout, or the stop event."""
+        deadline = time.monotonic() + timeout
+        kinds = set(self.consumer.kinds)
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            woke = False
+            for n in conn.notifies(timeout=min(WAIT_SLICE, remaining)):
+                if n.channel == EVENTS_CHANNEL:
+                    notice = parse_notice(n.payload)
+                    if notice is None or not kinds or notice.kind in kinds:
+                        woke = True
+                elif n.channel == CONTROL_CHANNEL:
+                    woke = woke or self._is_for_me(n.payload)
+                if woke:
+                    break
+            if woke:
+                return
+
+    def _is_for_me(self, payload: str) -> bool:
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return True
+        return not isinstance(data, dict) or data.get("consumer") in (None, self.consumer.name)
+
+    # ---- one batch: one transaction ---------------------------------------------------------
+    def _batch(self, conn: psycopg.Connection[Any]) -> tuple[int, bool, bool]:
+        """Apply up to batch_size events; return (applied, batch was full, events held back)."""
+        name = self.consumer.name
+        kinds = list(self.consumer.kinds)
+        failed: tuple[Event, BaseException] | None = None
+        applied = 0
+        full = held_back = False
+        try:
+            with conn.transaction():
+                cur = conn.execute(
+                    "SELECT tx_id::text::bigint, last_id FROM consumer_cursors WHERE consumer = %s FOR UPDATE",
+                    (name,),
+                ).fetchone()
+                assert cur is not None, "cursor row vanished"
+                rows = conn.execute(
+                    f"""SELECT {_EVENT_COLUMNS} FROM staging_snapshots
+                        WHERE (tx_id, id) > (%s::text::xid8, %s)
+                          AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                          AND (cardinality(%s::text[]) = 0 OR kind = ANY (%s::text[]))
+                        ORDER BY tx_id, id
+                        LIMIT %s""",
+                    (cur[0], cur[1], kinds, kinds, self.config.batch_size),
+                ).fetchall()
+                full = len(rows) == self.config.batch_size
+                last: Event | None = None
+                for row in rows:
+                    if self.stop.is_set():
+                        raise _Stopped
+                    event = _event(row)
+                    try:
+                        with conn.transaction():  # a savepoint per event
+                            self.consumer.handle(conn, event)
+                    except Exception as exc:
+                        if is_connection_error(exc):
+                            raise
+                        failed = (event, exc)
+                        break
+                    last = event
+                    applied += 1
+                if last is not None:
+                    self._advance(conn, last, applied)
+                if not full and failed is None:
+                    held = conn.execute(
+                        """SELECT EXISTS (SELECT 1 FROM staging_snapshots
+                             WHERE (tx_id, id) > (%s::text::xid8, %s)
+                               AND tx_id >= pg_snapshot_xmin(pg_current_snapshot())
+                               AND (cardinality(%s::text[]) = 0 OR kind = ANY (%s::text[])))""",
+                        (last.tx_id if last else cur[0], last.id if last else cur[1], kinds, kinds),
+                    ).fetchone()
+                    held_back = bool(held and held[0])
+        except _Stopped:
+            log.info("%s: stop requested; batch rolled back", name)
+            return 0, False, False
+        if applied:
+            self.applied_total += applied
+            if self.on_batch is not None:
+                self.on_batch(applied)
+        if failed is not None:
+            self._poison(conn, *failed)
+            return applied, True, False
+        return applied, full, held_back
+
+    def _advance(self, conn: psycopg.Connection[Any], last: Event, applied: int) -> None:
+        conn.execute(
+            """UPDATE consumer_cursors
+               SET tx_id = %s::text::xid8, last_id = %s, applied_count = applied_count + %s,
+                   last_applied_at = now(), updated_at = now()
+               WHERE consumer = %s""",
+            (last.tx_id, last.id, applied, self.consumer.name),
+        )
+
+    # ---- poison events ----------------------------------------------------------------------
+    def _poison(self, conn: psycopg.Connection[Any], event: Event, exc: BaseException) -> None:
+        name = self.consumer.name
+        attempts = 1
+        log.warning("%s: event %s (%s) failed: %s", name, event.id, event.kind, _short(exc))
+        while attempts < self.config.max_attempts:
+            delay = self.config.retry_backoff * (2 ** (attempts - 1))
+            if self.stop.wait(delay):
+                return  # the cursor stays before the event: the next run retries it
+            try:
+                with conn.transaction():
+                    if not self._cursor_is_just_before(conn, event):
+                        return  # rewound or moved meanwhile (replay): the loop re-reads
+                    with conn.transaction():
+                        self.consumer.handle(conn, event)
+                    self._advance(conn, event, 1)
+                log.info("%s: event %s applied on attempt %d", name, event.id, attempts + 1)
+                self.applied_total += 1
+                return
+            except Exception as again:
+                if is_connection_error(again):
+                    raise
+                attempts += 1
+                exc = again
+                log.warning("%s: event %s attempt %d failed: %s", name, event.id, attempts, _short(exc))
+        error = _describe(exc)
+        with conn.transaction():
+            if not self._cursor_is_just_before(conn, event):
+                return
+            conn.execute(
+                """INSERT INTO consumer_dead_letters (consumer, event_id, error, attempts)
+                   VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (consumer, event_id) DO UPDATE
+                   SET error = EXCLUDED.error, attempts = consumer_dead_letters.attempts + EXCLUDED.attempts,
+                       last_failed_at = now(), retry_requested_at = NULL, resolved_at = NULL""",
+                (name, event.id, error, attempts),
+            )
+            conn.execute(
+                """UPDATE consumer_cursors
+                   SET tx_id = %s::text::xid8, last_id = %s, updated_at = now(),
+                       last_error = %s, last_error_at = now()
+                   WHERE consumer = %s""",
+                (event.tx_id, event.id, f"event {event.id}: {_short(exc)}", name),
+            )
+        log.error(
+            "%s: event %s (%s, account %s) dead-lettered after %d attempts: %s "
+            "(fix, then: brokersync dlq retry --consumer %s)",
+            name, event.id, event.kind, event.account, attempts, _short(exc), name,
+        )
+
+    def _cursor_is_just_before(self, conn: psycopg.Connection[Any], event: Event) -> bool:
+        """The cursor is still where it was when ``event`` failed (locks the cursor row)."""
+        row = conn.execute(
+            f"""SELECT c.tx_id::text::bigint, c.last_id,
+                       (SELECT count(*) FROM staging_snapshots s
+                         WHERE (s.tx_id, s.id) > (c.tx_id, c.last_id) AND (s.tx_id, s.id) < (%s::text::xid8, %s)
+                           AND (cardinality(c.kinds) = 0 OR s.kind = ANY (c.kinds)))
+                FROM consumer_cursors c WHERE c.consumer = %s FOR UPDATE""",
+            (event.tx_id, event.id, self.consumer.name),
+        ).fetchone()
+        assert row is not None
+        before = (row[0], row[1]) < (event.tx_id, event.id)
+        return before and row[2] == 0
+
+    # ---- dead letters whose retry was requested ---------------------------------------------
+    def _retry_requested(self, conn: psycopg.Connection[Any]) -> None:
+        rows = conn.execute(
+            f"""SELECT d.id, {_columns("s")}
+                FROM consumer_dead_letters d JOIN staging_snapshots s ON s.id = d.event_id
+                WHERE d.consumer = %s AND d.retry_requested_at IS NOT NULL AND d.resolved_at IS NULL
+                ORDER BY s.tx_id, s.id""",
+            (self.consumer.name,),
+        ).fetchall()
+        for row in rows:
+            dl_id, event = row[0], _event(row[1:])
+            try:
+                with conn.transaction():
+                    with conn.transaction():
+                        self.consumer.handle(conn, event)
+                    conn.execute(
+                        "UPDATE consumer_dead_letters SET resolved_at = now() WHERE id = %s", (dl_id,)
+                    )
+                log.info("%s: dead letter %s (event %s) re-applied", self.consumer.name, dl_id, event.id)
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise
+                conn.execute(
+                    """UPDATE consumer_dead_letters
+                       SET attempts = attempts + 1, error = %s, last_failed_at = now(),
+                           retry_requested_at = NULL
+                       WHERE id = %s""",
+                    (_describe(exc), dl_id),
+                )
+                log.error("%s: retry of dead letter %s failed again: %s", self.consumer.name, dl_id, _short(exc))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _describe(exc: BaseException) -> str:
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)
+    return "".join(tb)[-4000:]
