@@ -93,6 +93,54 @@ class Settings(BaseSettings):
         default=None, description="Where the broker session is stored. Default: DATA_DIR/session."
     )
 
+    # --- notifications ---------------------------------------------------------------------
+    # Rules run in the `notifications` consumer; delivery in `brokersync worker` (dramatiq).
+    notify_sinks: str = Field(
+        default="log",
+        description="Comma-separated sinks: log, webhook, telegram, email. Empty list: 'none'.",
+    )
+    notify_log_path: Path | None = Field(
+        default=None, description="JSON-lines file of the log sink. Default: LOG_DIR/notifications.jsonl."
+    )
+    notify_webhook_url: str | None = Field(default=None, description="Receives a JSON POST.")
+    notify_telegram_token: SecretStr | None = None
+    notify_telegram_chat_id: str | None = None
+    notify_telegram_base_url: str = "https://api.telegram.org"
+    notify_smtp_host: str | None = None
+    notify_smtp_port: int = Field(default=587, ge=1, le=65535)
+    notify_smtp_user: str | None = None
+    notify_smtp_password: SecretStr | None = None
+    notify_smtp_from: str | None = None
+    notify_smtp_to: str | None = Field(default=None, description="Comma-separated recipients.")
+    notify_smtp_starttls: bool = True
+    notify_timeout: float = Field(default=10.0, gt=0, description="Seconds per sink call.")
+    notify_max_retries: int = Field(default=6, ge=0, description="Retries per delivery.")
+    notify_min_backoff: float = Field(default=2.0, gt=0, description="First retry delay (s).")
+    notify_max_backoff: float = Field(default=600.0, gt=0, description="Longest retry delay (s).")
+    notify_pnl_move_pct: float = Field(
+        default=5.0, gt=0, description="Alert when a position's unrealized P&L % crosses a multiple."
+    )
+    notify_option_expiry_days: int = Field(default=3, ge=0)
+    notify_buying_power_floor: float | None = Field(
+        default=None, description="Alert when buying power goes under it. Unset: off."
+    )
+    notify_producer_failing_cycles: int = Field(default=3, ge=1)
+    notify_data_age_minutes: float = Field(default=30.0, gt=0)
+    notify_daily_summary_time: str = Field(
+        default="16:30", pattern=r"^(off|([01]\d|2[0-3]):[0-5]\d)$",
+        description="Local HH:MM of the daily summary, or 'off'.",
+    )
+    notify_time_zone: str = Field(default="America/New_York", description="IANA zone name.")
+    notify_max_event_age_hours: float = Field(
+        default=24.0, gt=0,
+        description="Older events (a first catch-up of history) are recorded as expired, not sent.",
+    )
+    notify_tick_interval: float = Field(default=60.0, gt=0, description="Time-based rule checks (s).")
+    notify_worker_threads: int = Field(default=2, ge=1, le=64)
+    notify_worker_heartbeat_ttl: float = Field(
+        default=60.0, gt=0, description="A worker silent this long is dead: its messages requeue."
+    )
+
     @field_validator("data_dir", "log_dir", "session_dir", mode="after")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:

@@ -13,7 +13,9 @@ from brokersync.errors import UnknownConsumer
 from consumers.runtime import Consumer
 
 # name -> "module:attribute"; the built-in consumers land here (see the consumers issue).
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+    "notifications": "consumers.notifications:CONSUMER",
+}
 
 
 def names() -> list[str]:

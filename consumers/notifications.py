@@ -1,0 +1,546 @@
+"""The notifications consumer: rules over the event stream, delivered by ``brokersync worker``.
+
+Rules (thresholds are ``BROKERSYNC_NOTIFY_*`` settings):
+
+* ``position_opened`` / ``position_closed``: a stock or option position appears in / disappears
+  from an account's positions snapshot (a snapshot is the full state).
+* ``pnl_move``: a position's unrealized P&L % crosses a multiple of ``NOTIFY_PNL_MOVE_PCT``
+  (bands ..., -10..-5, -5..5, 5..10, ...; a move into another band alerts once). Stocks are
+  priced by ``quotes`` snapshots, options by their mark. The first band of a position is
+  recorded silently: a move is a change, not a level.
+* ``option_expiry``: an option position expires within ``NOTIFY_OPTION_EXPIRY_DAYS`` days
+  (once per position and expiration).
+* ``buying_power_low``: buying power goes under ``NOTIFY_BUYING_POWER_FLOOR`` (once; re-arms
+  when it recovers).
+* ``producer_failing`` (tick): the last ``NOTIFY_PRODUCER_FAILING_CYCLES`` producer cycles all
+  failed or were partial (once per failing streak).
+* ``data_stale`` (tick): the newest snapshot is older than ``NOTIFY_DATA_AGE_MINUTES`` (once per
+  newest snapshot).
+* ``daily_summary`` (tick): per account, at ``NOTIFY_DAILY_SUMMARY_TIME`` in
+  ``NOTIFY_TIME_ZONE`` (once per local day).
+
+State: the consumer keeps its own small tables (``notify_*``), derived only from the events'
+contents and fetched times, so ``brokersync replay notifications`` rebuilds them exactly. Every
+notification has a deterministic dedupe key; :mod:`consumers.delivery` records it per sink and
+queues the dramatiq message in the consumer's own transaction, so a replay finds the keys and
+sends nothing again.
+
+Settings: ``CONSUMER`` (what ``brokersync consumer notifications`` loads) is built on first
+access from the validated environment; code that has a :class:`Settings` calls :func:`build`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from brokersync.settings import Settings
+from consumers.delivery import Notification, record
+from consumers.runtime import Consumer, Event
+from consumers.sinks import check_settings, time_zone
+from schema import eventlog
+from schema.payloads import PayloadError, response, results
+
+log = logging.getLogger(__name__)
+
+NAME = "notifications"
+KINDS = (
+    eventlog.STOCK_POSITIONS,
+    eventlog.OPTION_POSITIONS,
+    eventlog.QUOTES,
+    eventlog.ACCOUNT,
+    eventlog.PORTFOLIO,
+)
+STATE_TABLES = ("notify_snapshot_marks", "notify_positions", "notify_quotes", "notify_accounts")
+ALL_ACCOUNTS = "*"
+
+
+def _dec(value: Any, what: str) -> Decimal:
+    try:
+        d = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise PayloadError(f"{what} is not a number: {value!r:.40}") from None
+    if not d.is_finite():
+        raise PayloadError(f"{what} is not a finite number: {value!r:.40}")
+    return d
+
+
+def _opt_dec(value: Any) -> Decimal | None:
+    if value in (None, ""):
+        return None
+    try:
+        d = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return d if d.is_finite() else None
+
+
+def _num(d: Decimal) -> str:
+    """10.00000000 -> "10", 2.5000 -> "2.5" (never "1E+1")."""
+    return format(d.normalize(), "f")
+
+
+def _money(d: Decimal | None) -> str:
+    if d is None:
+        return "n/a"
+    return f"-${-d:,.2f}" if d < 0 else f"${d:,.2f}"
+
+
+def _pct(d: Decimal) -> str:
+    return f"{d:+.2f}%"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A position parsed from a snapshot."""
+
+    key: str
+    asset: str
+    symbol: str
+    label: str
+    quantity: Decimal
+    average_cost: Decimal
+    multiplier: Decimal = Decimal(1)
+    direction: int = 1
+    expiration: date | None = None
+    mark: Decimal | None = None
+
+
+# ---- parsing the Robinhood payloads (schema/payloads.py is the contract) ---------------------
+
+
+def parse_stock_positions(payload: Any) -> dict[str, Held]:
+    instruments = response(payload, "instruments")
+    if not isinstance(instruments, dict):
+        raise PayloadError("'instruments' is not an object keyed by instrument URL")
+    out: dict[str, Held] = {}
+    for item in results(payload, "positions"):
+        qty = _dec(item.get("quantity"), "position quantity")
+        if qty == 0:
+            continue
+        symbol = item.get("symbol")
+        if not symbol:
+            inst = instruments.get(item.get("instrument"))
+            symbol = inst.get("symbol") if isinstance(inst, dict) else None
+        if not symbol:
+            raise PayloadError(f"no symbol for position instrument {item.get('instrument')!r:.80}")
+        avg = _dec(item.get("average_buy_price"), f"{symbol} average_buy_price")
+        out[symbol] = Held(symbol, "stock", symbol, symbol, qty, avg)
+    return out
+
+
+def parse_option_positions(payload: Any) -> dict[str, Held]:
+    marks: dict[str, Decimal] = {}
+    for md in results(payload, "marketdata"):
+        mark = _opt_dec(md.get("adjusted_mark_price")) or _opt_dec(md.get("mark_price"))
+        if mark is not None and md.get("instrument"):
+            marks[str(md["instrument"])] = mark
+    out: dict[str, Held] = {}
+    for item in results(payload, "positions"):
+        qty = _dec(item.get("quantity"), "option position quantity")
+        if qty == 0:
+            continue
+        pid = item.get("id")
+        chain = item.get("chain_symbol") or item.get("symbol")  # aggregate positions: "symbol"
+        legs = item.get("legs")
+        if not pid or not chain or not isinstance(legs, list) or not legs:
+            raise PayloadError("an option position lacks id, symbol or legs")
+        multiplier = _dec(item.get("trade_value_multiplier") or "100", f"{chain} multiplier")
+        avg = _dec(item.get("average_open_price"), f"{chain} average_open_price")
+        expirations = []
+        for leg in legs:
+            if not isinstance(leg, dict) or not leg.get("expiration_date"):
+                raise PayloadError(f"{chain} option leg has no expiration_date")
+            try:
+                expirations.append(date.fromisoformat(str(leg["expiration_date"])))
+            except ValueError:
+                raise PayloadError(f"{chain} expiration_date {leg['expiration_date']!r:.20}") from None
+        mark = None
+        direction = 1
+        if len(legs) == 1:
+            leg = legs[0]
+            direction = -1 if leg.get("position_type") == "short" else 1
+            strike = _opt_dec(leg.get("strike_price"))
+            label = (f"{chain} {leg['expiration_date']} {_num(strike) if strike else '?'} "
+                     f"{leg.get('option_type', '?')} ({leg.get('position_type', 'long')})")
+            mark = marks.get(str(leg.get("option")))
+        else:
+            label = f"{chain} {item.get('strategy') or 'spread'} {min(expirations)}"
+        out[str(pid)] = Held(str(pid), "option", chain, label, qty, avg, multiplier, direction,
+                             min(expirations), mark)
+    return out
+
+
+# ---- the rules -----------------------------------------------------------------------------
+
+
+class Rules:
+    """The consumer's handler, tick and reset, bound to validated settings."""
+
+    def __init__(self, settings: Settings, sinks: tuple[str, ...],
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.sinks = sinks
+        self.tz: ZoneInfo = time_zone(settings)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.band_pct = Decimal(str(settings.notify_pnl_move_pct))
+        self.max_age = timedelta(hours=settings.notify_max_event_age_hours)
+        floor = settings.notify_buying_power_floor
+        self.floor = Decimal(str(floor)) if floor is not None else None
+
+    # ---- plumbing ----------------------------------------------------------------------------
+    def emit(self, conn: psycopg.Connection[Any], n: Notification) -> None:
+        expired = self.clock() - n.occurred_at > self.max_age
+        if record(conn, n, self.sinks, expired=expired) and not expired:
+            log.info("notification %s: %s", n.key, n.title)
+
+    def _fresh(self, conn: psycopg.Connection[Any], event: Event) -> bool:
+        """Record the event as the newest of its (account, kind); False when a newer one was seen."""
+        row = conn.execute(
+            """INSERT INTO notify_snapshot_marks AS m (account, kind, fetched_at, event_id)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (account, kind) DO UPDATE
+               SET fetched_at = EXCLUDED.fetched_at, event_id = EXCLUDED.event_id
+               WHERE m.fetched_at <= EXCLUDED.fetched_at
+               RETURNING 1""",
+            (event.account, event.kind, event.fetched_at, event.id),
+        ).fetchone()
+        if row is None:
+            log.info("%s: event %s (%s, %s) is older than one already applied; ignored",
+                     NAME, event.id, event.kind, event.account)
+        return row is not None
+
+    def handle(self, conn: psycopg.Connection[Any], event: Event) -> None:
+        if event.malformed:
+            raise PayloadError(f"snapshot body is not JSON: {event.raw_body!r:.60}")
+        handler = {
+            eventlog.STOCK_POSITIONS: self._stock_positions,
+            eventlog.OPTION_POSITIONS: self._option_positions,
+            eventlog.QUOTES: self._quotes,
+            eventlog.ACCOUNT: self._account,
+            eventlog.PORTFOLIO: self._portfolio,
+        }.get(event.kind)
+        if handler is None:
+            return
+        # Parse before touching any table: a bad payload changes nothing.
+        parsed = self._parse(event)
+        if not self._fresh(conn, event):
+            return
+        handler(conn, event, parsed)
+
+    def _parse(self, event: Event) -> Any:
+        if event.kind == eventlog.STOCK_POSITIONS:
+            return parse_stock_positions(event.payload)
+        if event.kind == eventlog.OPTION_POSITIONS:
+            return parse_option_positions(event.payload)
+        if event.kind == eventlog.QUOTES:
+            prices: dict[str, Decimal] = {}
+            for q in results(event.payload, "quotes"):
+                price = _opt_dec(q.get("last_trade_price"))
+                if q.get("symbol") and price is not None:
+                    prices[str(q["symbol"])] = price
+            return prices
+        obj = response(event.payload, event.kind)
+        if not isinstance(obj, dict):
+            raise PayloadError(f"{event.kind!r} response is not an object")
+        return obj
+
+    # ---- positions: open / close, P&L band, expiry ------------------------------------------
+    def _positions(self, conn: psycopg.Connection[Any], event: Event, asset: str,
+                   new: dict[str, Held]) -> None:
+        old = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                """SELECT position_key, label, quantity FROM notify_positions
+                   WHERE account = %s AND asset = %s""",
+                (event.account, asset),
+            )
+        }
+        for key, h in new.items():
+            if key not in old:
+                self.emit(conn, Notification(
+                    rule="position_opened", account=event.account, subject=h.label,
+                    key=f"position_opened:{event.account}:{key}:{event.id}",
+                    title=f"Position opened: {h.label}",
+                    body=f"{h.label}: {_num(h.quantity)} at average cost {_money(h.average_cost)} "
+                         f"(account {event.account})",
+                    occurred_at=event.fetched_at, event_id=event.id,
+                    data={"asset": asset, "quantity": str(h.quantity), "average_cost": str(h.average_cost)},
+                ))
+            conn.execute(
+                """INSERT INTO notify_positions (account, position_key, asset, symbol, label,
+                       quantity, average_cost, multiplier, direction, expiration, mark,
+                       opened_event_id, updated_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (account, position_key) DO UPDATE
+                   SET label = EXCLUDED.label, quantity = EXCLUDED.quantity,
+                       average_cost = EXCLUDED.average_cost, multiplier = EXCLUDED.multiplier,
+                       direction = EXCLUDED.direction, expiration = EXCLUDED.expiration,
+                       mark = EXCLUDED.mark, updated_at = EXCLUDED.updated_at""",
+                (event.account, key, asset, h.symbol, h.label, h.quantity, h.average_cost,
+                 h.multiplier, h.direction, h.expiration, h.mark, event.id, event.fetched_at),
+            )
+        for key, (label, qty) in old.items():
+            if key in new:
+                continue
+            self.emit(conn, Notification(
+                rule="position_closed", account=event.account, subject=label,
+                key=f"position_closed:{event.account}:{key}:{event.id}",
+                title=f"Position closed: {label}",
+                body=f"{label}: {_num(qty)} no longer held (account {event.account})",
+                occurred_at=event.fetched_at, event_id=event.id, data={"asset": asset},
+            ))
+            conn.execute(
+                "DELETE FROM notify_positions WHERE account = %s AND position_key = %s",
+                (event.account, key),
+            )
+
+    def _stock_positions(self, conn: psycopg.Connection[Any], event: Event, new: dict[str, Held]) -> None:
+        self._positions(conn, event, "stock", new)
+        self._pnl(conn, event, "p.account = %s AND p.asset = 'stock'", (event.account,))
+
+    def _option_positions(self, conn: psycopg.Connection[Any], event: Event, new: dict[str, Held]) -> None:
+        self._positions(conn, event, "option", new)
+        self._pnl(conn, event, "p.account = %s AND p.asset = 'option'", (event.account,))
+        today = event.fetched_at.astimezone(self.tz).date()
+        horizon = self.settings.notify_option_expiry_days
+        for h in new.values():
+            if h.expiration is None:
+                continue
+            days = (h.expiration - today).days
+            if 0 <= days <= horizon:
+                when = "today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
+                self.emit(conn, Notification(
+                    rule="option_expiry", account=event.account, subject=h.label,
+                    key=f"option_expiry:{event.account}:{h.key}:{h.expiration}",
+                    title=f"Option expiring {when}: {h.label}",
+                    body=f"{h.label} (quantity {_num(h.quantity)}) expires on {h.expiration} "
+                         f"(account {event.account})",
+                    occurred_at=event.fetched_at, event_id=event.id,
+                    data={"expiration": h.expiration.isoformat(), "days": days},
+                ))
+
+    def _quotes(self, conn: psycopg.Connection[Any], event: Event, prices: dict[str, Decimal]) -> None:
+        for symbol, price in prices.items():
+            conn.execute(
+                """INSERT INTO notify_quotes AS q (symbol, price, fetched_at) VALUES (%s, %s, %s)
+                   ON CONFLICT (symbol) DO UPDATE SET price = EXCLUDED.price, fetched_at = EXCLUDED.fetched_at
+                   WHERE q.fetched_at <= EXCLUDED.fetched_at""",
+                (symbol, price, event.fetched_at),
+            )
+        if prices:
+            self._pnl(conn, event, "p.asset = 'stock' AND p.symbol = ANY (%s)", (list(prices),))
+
+    def _pnl(self, conn: psycopg.Connection[Any], event: Event, where: str, args: tuple[Any, ...]) -> None:
+        """Re-band the selected positions' unrealized P&L %; alert on a band change."""
+        rows = conn.execute(
+            f"""SELECT p.account, p.position_key, p.asset, p.label, p.quantity, p.average_cost,
+                       p.multiplier, p.direction, p.pnl_band,
+                       CASE WHEN p.asset = 'stock' THEN q.price ELSE p.mark END
+                FROM notify_positions p LEFT JOIN notify_quotes q ON q.symbol = p.symbol
+                WHERE {where}
+                ORDER BY p.account, p.position_key""",
+            args,
+        ).fetchall()
+        for account, key, asset, label, qty, avg, mult, direction, old_band, price in rows:
+            if price is None or avg == 0:
+                continue
+            value = price * mult if asset == "option" else price
+            pct = (value - avg) / abs(avg) * 100 * direction
+            band = int(pct / self.band_pct)  # toward zero: -5 < pct < 5 is band 0
+            if band == old_band:
+                continue
+            conn.execute(
+                "UPDATE notify_positions SET pnl_band = %s WHERE account = %s AND position_key = %s",
+                (band, account, key),
+            )
+            if old_band is None:
+                continue  # first price seen: a level, not a move
+            pnl = (value - avg) * qty * direction
+            t = self.band_pct
+            if band > old_band:  # the band's lower edge was crossed upwards
+                what = f"rose above {_pct(t * band if band > 0 else t * (band - 1))}"
+            else:  # the band's upper edge was crossed downwards
+                what = f"fell below {_pct(t * band if band < 0 else t * (band + 1))}"
+            self.emit(conn, Notification(
+                rule="pnl_move", account=account, subject=label,
+                key=f"pnl_move:{account}:{key}:{event.id}",
+                title=f"{label}: unrealized P&L {what} (now {_pct(pct)})",
+                body=f"{label}: unrealized P&L {_pct(pct)} ({_money(pnl)}), price {_money(price)}, "
+                     f"average cost {_money(avg)} (account {account})",
+                occurred_at=event.fetched_at, event_id=event.id,
+                data={"pnl_pct": f"{pct:.4f}", "pnl": f"{pnl:.2f}", "band": band, "previous_band": old_band},
+            ))
+
+    # ---- balances ----------------------------------------------------------------------------
+    def _account(self, conn: psycopg.Connection[Any], event: Event, obj: dict[str, Any]) -> None:
+        bp = _opt_dec(obj.get("buying_power"))
+        row = conn.execute(
+            "SELECT below_floor FROM notify_accounts WHERE account = %s", (event.account,)
+        ).fetchone()
+        was_below = bool(row and row[0])
+        below = self.floor is not None and bp is not None and bp < self.floor
+        conn.execute(
+            """INSERT INTO notify_accounts (account, buying_power, below_floor, updated_at)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (account) DO UPDATE
+               SET buying_power = EXCLUDED.buying_power, below_floor = EXCLUDED.below_floor,
+                   updated_at = greatest(notify_accounts.updated_at, EXCLUDED.updated_at)""",
+            (event.account, bp, below, event.fetched_at),
+        )
+        if below and not was_below:
+            self.emit(conn, Notification(
+                rule="buying_power_low", account=event.account, subject="buying power",
+                key=f"buying_power_low:{event.account}:{event.id}",
+                title=f"Buying power {_money(bp)} is under {_money(self.floor)}",
+                body=f"Account {event.account}: buying power {_money(bp)}, floor {_money(self.floor)}",
+                occurred_at=event.fetched_at, event_id=event.id,
+                data={"buying_power": str(bp), "floor": str(self.floor)},
+            ))
+
+    def _portfolio(self, conn: psycopg.Connection[Any], event: Event, obj: dict[str, Any]) -> None:
+        equity = _opt_dec(obj.get("equity")) or _opt_dec(obj.get("extended_hours_equity"))
+        prev = _opt_dec(obj.get("adjusted_equity_previous_close")) or _opt_dec(obj.get("equity_previous_close"))
+        conn.execute(
+            """INSERT INTO notify_accounts (account, equity, previous_close, updated_at)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (account) DO UPDATE
+               SET equity = EXCLUDED.equity, previous_close = EXCLUDED.previous_close,
+                   updated_at = greatest(notify_accounts.updated_at, EXCLUDED.updated_at)""",
+            (event.account, equity, prev, event.fetched_at),
+        )
+
+    # ---- time-based rules (the runtime's tick, when caught up) -------------------------------
+    def tick(self, conn: psycopg.Connection[Any]) -> None:
+        now = self.clock()
+        self._producer_failing(conn, now)
+        self._data_stale(conn, now)
+        self._daily_summary(conn, now)
+
+    def _producer_failing(self, conn: psycopg.Connection[Any], now: datetime) -> None:
+        n = self.settings.notify_producer_failing_cycles
+        rows = conn.execute(
+            """SELECT id, status, error FROM producer_cycle_runs
+               WHERE status <> 'running' ORDER BY id DESC LIMIT %s""",
+            (n,),
+        ).fetchall()
+        if len(rows) < n or any(r[1] not in ("failed", "partial") for r in rows):
+            return
+        start = conn.execute(
+            """SELECT min(id) FROM producer_cycle_runs
+               WHERE status IN ('failed', 'partial')
+                 AND id > coalesce((SELECT max(id) FROM producer_cycle_runs WHERE status = 'ok'), 0)"""
+        ).fetchone()
+        streak = start[0] if start and start[0] is not None else rows[-1][0]
+        self.emit(conn, Notification(
+            rule="producer_failing", account=ALL_ACCOUNTS, subject="producer",
+            key=f"producer_failing:{streak}",
+            title=f"The producer has failed {n} cycles in a row",
+            body=f"Cycles {rows[-1][0]}..{rows[0][0]} failed or were partial; last error: "
+                 f"{(rows[0][2] or 'n/a')[:300]} (see: brokersync status)",
+            occurred_at=now, data={"first_failed_cycle": streak, "last_cycle": rows[0][0]},
+        ))
+
+    def _data_stale(self, conn: psycopg.Connection[Any], now: datetime) -> None:
+        row = conn.execute(
+            "SELECT max(id), max(fetched_at) FROM staging_snapshots"
+        ).fetchone()
+        if row is None or row[1] is None:
+            return
+        age = now - row[1]
+        limit = timedelta(minutes=self.settings.notify_data_age_minutes)
+        if age <= limit:
+            return
+        minutes = int(age.total_seconds() // 60)
+        self.emit(conn, Notification(
+            rule="data_stale", account=ALL_ACCOUNTS, subject="event log",
+            key=f"data_stale:{row[0]}",
+            title=f"No new broker data for {minutes} minutes",
+            body=f"The newest snapshot (event {row[0]}) was fetched at {row[1].isoformat()}; "
+                 f"limit {self.settings.notify_data_age_minutes:g} minutes. Is the producer running?",
+            occurred_at=now, data={"newest_event_id": row[0], "age_minutes": minutes},
+        ))
+
+    def _daily_summary(self, conn: psycopg.Connection[Any], now: datetime) -> None:
+        at = self.settings.notify_daily_summary_time
+        if at == "off":
+            return
+        local = now.astimezone(self.tz)
+        hh, mm = (int(x) for x in at.split(":"))
+        if (local.hour, local.minute) < (hh, mm):
+            return
+        day = local.date()
+        accounts = conn.execute(
+            """SELECT a.account, a.equity, a.previous_close, a.buying_power FROM notify_accounts a
+               WHERE a.account <> %s
+                 AND NOT EXISTS (SELECT 1 FROM notification_deliveries d
+                                 WHERE d.dedupe_key = 'daily_summary:' || a.account || ':' || %s)
+               ORDER BY a.account""",
+            (ALL_ACCOUNTS, day.isoformat()),
+        ).fetchall()
+        for account, equity, prev, bp in accounts:
+            lines = [f"Equity {_money(equity)}"]
+            if equity is not None and prev:
+                lines[0] += f" ({_money(equity - prev)}, {_pct((equity - prev) / prev * 100)} today)"
+            lines.append(f"Buying power {_money(bp)}")
+            positions = conn.execute(
+                """SELECT p.label, p.quantity, p.asset, p.average_cost, p.multiplier, p.direction,
+                          CASE WHEN p.asset = 'stock' THEN q.price ELSE p.mark END
+                   FROM notify_positions p LEFT JOIN notify_quotes q ON q.symbol = p.symbol
+                   WHERE p.account = %s ORDER BY p.asset DESC, p.label""",
+                (account,),
+            ).fetchall()
+            lines.append(f"{len(positions)} open position(s)")
+            for label, qty, asset, avg, mult, direction, price in positions:
+                if price is not None and avg:
+                    value = price * mult if asset == "option" else price
+                    pct = (value - avg) / abs(avg) * 100 * direction
+                    lines.append(f"  {label}: {_num(qty)} @ {_money(price)} ({_pct(pct)})")
+                else:
+                    lines.append(f"  {label}: {_num(qty)}")
+            self.emit(conn, Notification(
+                rule="daily_summary", account=account, subject=day.isoformat(),
+                key=f"daily_summary:{account}:{day.isoformat()}",
+                title=f"Daily summary {day.isoformat()} for account {account}",
+                body="\n".join(lines), occurred_at=now,
+                data={"day": day.isoformat(), "equity": str(equity) if equity is not None else None,
+                      "positions": len(positions)},
+            ))
+
+    # ---- replay ------------------------------------------------------------------------------
+    def reset(self, conn: psycopg.Connection[Any]) -> None:
+        """Empty the rule state (never the deliveries: they are what makes replay send nothing)."""
+        conn.execute("TRUNCATE " + ", ".join(STATE_TABLES))
+
+
+def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Consumer:
+    """The notifications consumer for these settings (ConfigError when a sink lacks a value)."""
+    sinks = check_settings(settings)
+    rules = Rules(settings, sinks, clock)
+    return Consumer(
+        name=NAME,
+        kinds=KINDS,
+        handle=rules.handle,
+        reset=rules.reset,
+        tick=rules.tick,
+        tick_interval=settings.notify_tick_interval,
+        tables=STATE_TABLES,
+        description="Fires notification rules over the event log; brokersync worker delivers them",
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # `brokersync consumer notifications` loads CONSUMER by name: build it from the validated
+    # environment at that moment (a ConfigError here exits 78), not at import time.
+    if name == "CONSUMER":
+        from brokersync.settings import load_settings
+
+        return build(load_settings())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
