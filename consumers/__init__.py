@@ -14,6 +14,10 @@ from consumers.runtime import Consumer
 
 # name -> "module:attribute"; the built-in consumers land here (see the consumers issue).
 REGISTRY: dict[str, str] = {
+    "positions": "consumers.positions:CONSUMER",
+    "balances": "consumers.balances:CONSUMER",
+    "trade_history": "consumers.trades:CONSUMER",
+    "cache_invalidation": "consumers.cache:CONSUMER",
     "notifications": "consumers.notifications:CONSUMER",
 }
 
