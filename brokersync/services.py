@@ -596,7 +596,7 @@ class ServiceConfig:
 _ENV_LINE = re.compile(r"^(?P<lead>\s*)(?:export\s+)?(?P<name>[^=#]*?)(?P<sep>\s*=\s*)(?P<value>.*)$")
 
 
-def check_env_text(path: Path) -> None:
+def check_env_text(path: Path, parsed: set[str]) -> None:
     """No whitespace around names or values, even where a .env parser would strip it.
 
     ``KEY = value`` or ``KEY= value`` works in a shell-like parser but is the classic copy-paste
@@ -612,7 +612,9 @@ def check_env_text(path: Path) -> None:
             problems.append(f"{path}:{number}: not a KEY=VALUE line")
             continue
         name, value = m["name"], m["value"]
-        if m["lead"] or m["sep"] != "=" or name != name.strip():
+        if name.strip() not in parsed:
+            problems.append(f"{path}:{number}: {name.strip()} could not be read (check its quotes)")
+        elif m["lead"] or m["sep"] != "=" or name != name.strip():
             problems.append(f"{path}:{number}: {name.strip()}: remove the whitespace around the name and =")
         elif value[:1] not in ("'", '"') and value != value.rstrip() and "#" not in value:
             problems.append(f"{path}:{number}: {name}: remove the trailing whitespace after the value")
@@ -626,10 +628,11 @@ def service_config(env_file: Path | None) -> ServiceConfig:
     if env_file is not None:
         if not env_file.is_file():
             raise ConfigError(f"{env_file} does not exist")
-        check_env_text(env_file)
         from dotenv import dotenv_values  # a dependency of pydantic-settings
 
-        for key, value in dotenv_values(env_file).items():
+        values = dotenv_values(env_file)
+        check_env_text(env_file, set(values))
+        for key, value in values.items():
             if value is not None:
                 raw[key.upper() if key.upper().startswith(PREFIX) else key] = value
     outside = sorted(k for k in raw if not k.startswith(PREFIX))
@@ -641,10 +644,10 @@ def service_config(env_file: Path | None) -> ServiceConfig:
     origin = dict.fromkeys(raw, str(env_file))
     check_raw(raw, origin)  # unknown names, whitespace around values
     problems = [
-        f"{k} (from {env_file}) contains a double quote or a line break, which cannot be passed "
-        "to a Windows service safely: remove it"
+        f"{k} (from {env_file}) contains a double quote or a line break, or ends with a "
+        "backslash, which cannot be passed to a Windows service safely: remove it"
         for k, v in sorted(raw.items())
-        if '"' in v or "\n" in v or "\r" in v
+        if '"' in v or "\n" in v or "\r" in v or v.endswith("\\")
     ]
     if problems:
         raise ConfigError("configuration error:\n  " + "\n  ".join(problems))

@@ -85,10 +85,20 @@ def test_a_bad_env_file_is_a_configuration_error_without_the_secret(
     assert PASSWORD not in r.stdout + r.stderr
 
 
-def test_values_that_cannot_reach_a_windows_service_are_refused(tmp_path: Path) -> None:
-    path = _env_file(tmp_path, "BROKERSYNC_DATA_DIR='C:\\my \"data\"'\n")
-    with pytest.raises(ConfigError, match="BROKERSYNC_DATA_DIR .* double quote"):
+@pytest.mark.parametrize("value", ["'C:\\my \"data\"'", "C:\\my data\\"])
+def test_values_that_cannot_reach_a_windows_service_are_refused(tmp_path: Path, value: str) -> None:
+    # PowerShell 5.1 quotes an argument with spaces as "...", so a quote inside or a backslash
+    # at the end would change what nssm receives.
+    path = _env_file(tmp_path, f"BROKERSYNC_DATA_DIR={value}\n")
+    with pytest.raises(ConfigError, match="BROKERSYNC_DATA_DIR .* cannot be passed to a Windows service"):
         service_config(path)
+
+
+def test_a_line_the_parser_drops_is_an_error_not_a_missing_setting(tmp_path: Path) -> None:
+    path = _env_file(tmp_path, f"BROKERSYNC_LOG_LEVEL=INFO\nBROKERSYNC_ROBINHOOD_PASSWORD='{PASSWORD}\\'\n")
+    with pytest.raises(ConfigError, match=r"\.env:2: BROKERSYNC_ROBINHOOD_PASSWORD could not be read") as e:
+        service_config(path)
+    assert PASSWORD not in str(e.value)
 
 
 def test_other_variables_do_not_belong_in_the_env_file(tmp_path: Path) -> None:
