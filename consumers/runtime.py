@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[psycopg.Connection[Any], "Event"], None]
 ConnHook = Callable[[psycopg.Connection[Any]], None]
 
-WAIT_SLICE = 0.25  # seconds: how often a wait checks the stop event
+WAIT_SLICE = 1.0  # seconds: how often an idle wait checks the stop event (stop latency)
 HELD_BACK_RECHECK = 0.02  # committed events held behind an older running transaction
 HEARTBEAT_EVERY = 10.0
 
