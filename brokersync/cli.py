@@ -27,7 +27,7 @@ from brokersync.signals import Backoff, install_stop_handlers
 log = logging.getLogger("brokersync")
 
 # Packages that add their own subcommands: each module has register(subparsers).
-COMMAND_MODULES: list[str] = ["brokersync.services", "consumers.cli", "consumers.notify_cli"]
+COMMAND_MODULES: list[str] = ["brokersync.services", "consumers.cli", "consumers.notify_cli", "producer.cli"]
 
 Command = Callable[[argparse.Namespace, Settings], int | None]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +94,65 @@ class Settings(BaseSettings):
         default=None, description="Where the broker session is stored. Default: DATA_DIR/session."
     )
 
+    # --- producer -------------------------------------------------------------------------
+    producer_interval: float = Field(
+        default=300.0, gt=0,
+        description="Seconds between fetches of positions, option positions, quotes, account "
+        "and portfolio (the main interval; `brokersync producer --interval` overrides it).",
+    )
+    producer_orders_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds between incremental stock and option order fetches."
+    )
+    producer_market_hours: bool = Field(
+        default=False,
+        description="Poll at PRODUCER_CLOSED_INTERVAL while the US market is closed "
+        "(weekends and outside 09:30-16:00 America/New_York).",
+    )
+    producer_closed_interval: float = Field(
+        default=1800.0, gt=0, description="Main interval while the market is closed."
+    )
+    producer_skip_identical: bool = Field(
+        default=False,
+        description="Do not append a snapshot identical to the previous one of its kind and "
+        "account (the cycle row still records the fetch as 'unchanged').",
+    )
+    producer_rate_limit: int = Field(
+        default=60, ge=1, description="Broker requests per minute (a token bucket)."
+    )
+    producer_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds before one broker request times out."
+    )
+    producer_max_attempts: int = Field(
+        default=3, ge=1, description="Attempts per request on 429/5xx/timeouts, with backoff."
+    )
+    producer_backoff: float = Field(
+        default=1.0, ge=0, description="First backoff in seconds on 429/5xx; doubles per attempt."
+    )
+    producer_concurrency: int = Field(
+        default=6, ge=1, le=32, description="Broker requests in flight at once within a cycle."
+    )
+    producer_login_retry: float = Field(
+        default=900.0, gt=0,
+        description="Seconds between automatic re-login attempts after the session was rejected.",
+    )
+    sim_seed: int = Field(default=1, description="Seed of the simulated broker.")
+    sim_epoch: datetime | None = Field(
+        default=None,
+        description="Start of the simulated world. Default: UTC midnight of the day the producer "
+        "starts. Same seed and epoch give the same snapshots at the same times.",
+    )
+    sim_latency: float = Field(default=0.0, ge=0, description="Seconds added to every simulated call.")
+    sim_error_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of simulated calls that fail with HTTP 500/503."
+    )
+    sim_throttle_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of simulated calls that answer HTTP 429."
+    )
+    sim_slow_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Share of simulated calls that take SIM_SLOW_SECONDS."
+    )
+    sim_slow_seconds: float = Field(default=3.0, ge=0)
+
     # --- notifications ---------------------------------------------------------------------
     # Rules run in the `notifications` consumer; delivery in `brokersync worker` (dramatiq).
     notify_sinks: str = Field(
@@ -119,6 +179,9 @@ class Settings(BaseSettings):
     notify_max_backoff: float = Field(default=600.0, gt=0, description="Longest retry delay (s).")
     notify_pnl_move_pct: float = Field(
         default=5.0, gt=0, description="Alert when a position's unrealized P&L % crosses a multiple."
+    )
+    notify_option_pnl_move_pct: float = Field(
+        default=25.0, gt=0, description="The same for option positions (options move more)."
     )
     notify_option_expiry_days: int = Field(default=3, ge=0)
     notify_buying_power_floor: float | None = Field(
