@@ -108,24 +108,24 @@ def record(
     Already-recorded (key, sink) pairs are left alone. ``expired``: record the delivery as
     ``expired`` and queue nothing (an old event met during a first catch-up of history).
     """
-    new: list[int] = []
-    for sink in sinks:
-        row = conn.execute(
-            """INSERT INTO notification_deliveries
-                   (dedupe_key, sink, rule, account, subject, title, body, data, event_id,
-                    occurred_at, status)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (dedupe_key, sink) DO NOTHING
-               RETURNING id""",
-            (n.key, sink, n.rule, n.account, n.subject, n.title, n.body, Jsonb(n.data),
-             n.event_id, n.occurred_at, "expired" if expired else "queued"),
-        ).fetchone()
-        if row is None:
-            continue
-        new.append(int(row[0]))
-        if not expired:
-            enqueue(conn, int(row[0]), sink)
-    return new
+    if not sinks:
+        return []
+    rows = conn.execute(
+        """INSERT INTO notification_deliveries
+               (dedupe_key, sink, rule, account, subject, title, body, data, event_id,
+                occurred_at, status)
+           SELECT %s, sink, %s, %s, %s, %s, %s, %s, %s, %s, %s
+           FROM unnest(%s::text[]) WITH ORDINALITY AS s(sink, n)
+           ORDER BY n
+           ON CONFLICT (dedupe_key, sink) DO NOTHING
+           RETURNING id, sink""",
+        (n.key, n.rule, n.account, n.subject, n.title, n.body, Jsonb(n.data), n.event_id,
+         n.occurred_at, "expired" if expired else "queued", list(sinks)),
+    ).fetchall()
+    if not expired:
+        for delivery_id, sink in rows:
+            enqueue(conn, int(delivery_id), sink)
+    return [int(r[0]) for r in rows]
 
 
 _SELECT = """SELECT id, dedupe_key, sink, rule, account, subject, title, body, occurred_at, data,

@@ -5,7 +5,8 @@ Rules (thresholds are ``BROKERSYNC_NOTIFY_*`` settings):
 * ``position_opened`` / ``position_closed``: a stock or option position appears in / disappears
   from an account's positions snapshot (a snapshot is the full state).
 * ``pnl_move``: a position's unrealized P&L % crosses a multiple of ``NOTIFY_PNL_MOVE_PCT``
-  (bands ..., -10..-5, -5..5, 5..10, ...; a move into another band alerts once). Stocks are
+  (``NOTIFY_OPTION_PNL_MOVE_PCT`` for options); bands ..., -10..-5, -5..5, 5..10, ...; entering
+  another band alerts, at most once per band, position and local day. Stocks are
   priced by ``quotes`` snapshots, options by their mark. The first band of a position is
   recorded silently: a move is a change, not a level.
 * ``option_expiry``: an option position expires within ``NOTIFY_OPTION_EXPIRY_DAYS`` days
@@ -113,6 +114,22 @@ class Held:
     mark: Decimal | None = None
 
 
+@dataclass(frozen=True)
+class Priced:
+    """A held position with its current price, for P&L banding."""
+
+    account: str
+    key: str
+    asset: str
+    label: str
+    quantity: Decimal
+    average_cost: Decimal
+    multiplier: Decimal
+    direction: int
+    band: int | None
+    price: Decimal | None
+
+
 # ---- parsing the Robinhood payloads (schema/payloads.py is the contract) ---------------------
 
 
@@ -190,7 +207,10 @@ class Rules:
         self.sinks = sinks
         self.tz: ZoneInfo = time_zone(settings)
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.band_pct = Decimal(str(settings.notify_pnl_move_pct))
+        self.band_pct = {
+            "stock": Decimal(str(settings.notify_pnl_move_pct)),
+            "option": Decimal(str(settings.notify_option_pnl_move_pct)),
+        }
         self.max_age = timedelta(hours=settings.notify_max_event_age_hours)
         floor = settings.notify_buying_power_floor
         self.floor = Decimal(str(floor)) if floor is not None else None
@@ -220,13 +240,14 @@ class Rules:
     def handle(self, conn: psycopg.Connection[Any], event: Event) -> None:
         if event.malformed:
             raise PayloadError(f"snapshot body is not JSON: {event.raw_body!r:.60}")
-        handler = {
+        handlers: dict[str, Callable[[psycopg.Connection[Any], Event, Any], None]] = {
             eventlog.STOCK_POSITIONS: self._stock_positions,
             eventlog.OPTION_POSITIONS: self._option_positions,
             eventlog.QUOTES: self._quotes,
             eventlog.ACCOUNT: self._account,
             eventlog.PORTFOLIO: self._portfolio,
-        }.get(event.kind)
+        }
+        handler = handlers.get(event.kind)
         if handler is None:
             return
         # Parse before touching any table: a bad payload changes nothing.
@@ -253,18 +274,25 @@ class Rules:
         return obj
 
     # ---- positions: open / close, P&L band, expiry ------------------------------------------
+    # Round trips matter (a year of history is ~250k events): a snapshot that changes nothing
+    # costs one SELECT; rows are written only when they change.
     def _positions(self, conn: psycopg.Connection[Any], event: Event, asset: str,
-                   new: dict[str, Held]) -> None:
+                   new: dict[str, Held]) -> tuple[dict[str, Any], list[Held]]:
+        """Apply a full positions snapshot; return (the previous rows by key, the changed positions)."""
         old = {
-            r[0]: r[1:]
+            r[0]: r
             for r in conn.execute(
-                """SELECT position_key, label, quantity FROM notify_positions
-                   WHERE account = %s AND asset = %s""",
+                """SELECT position_key, label, quantity, average_cost, multiplier, direction,
+                          expiration, mark, pnl_band
+                   FROM notify_positions WHERE account = %s AND asset = %s""",
                 (event.account, asset),
             )
         }
+        changed: list[Held] = []
+        marks: list[Held] = []
         for key, h in new.items():
-            if key not in old:
+            o = old.get(key)
+            if o is None:
                 self.emit(conn, Notification(
                     rule="position_opened", account=event.account, subject=h.label,
                     key=f"position_opened:{event.account}:{key}:{event.id}",
@@ -274,22 +302,38 @@ class Rules:
                     occurred_at=event.fetched_at, event_id=event.id,
                     data={"asset": asset, "quantity": str(h.quantity), "average_cost": str(h.average_cost)},
                 ))
+                changed.append(h)
+            elif tuple(o[1:7]) != (h.label, h.quantity, h.average_cost, h.multiplier, h.direction,
+                                   h.expiration):
+                changed.append(h)
+            elif o[7] != h.mark:
+                marks.append(h)
+        if changed:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    """INSERT INTO notify_positions (account, position_key, asset, symbol, label,
+                           quantity, average_cost, multiplier, direction, expiration, mark,
+                           opened_event_id, updated_at)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (account, position_key) DO UPDATE
+                       SET label = EXCLUDED.label, quantity = EXCLUDED.quantity,
+                           average_cost = EXCLUDED.average_cost, multiplier = EXCLUDED.multiplier,
+                           direction = EXCLUDED.direction, expiration = EXCLUDED.expiration,
+                           mark = EXCLUDED.mark, updated_at = EXCLUDED.updated_at""",
+                    [(event.account, h.key, asset, h.symbol, h.label, h.quantity, h.average_cost,
+                      h.multiplier, h.direction, h.expiration, h.mark, event.id, event.fetched_at)
+                     for h in changed],
+                )
+        if marks:  # option marks move every snapshot: one statement for all of them
             conn.execute(
-                """INSERT INTO notify_positions (account, position_key, asset, symbol, label,
-                       quantity, average_cost, multiplier, direction, expiration, mark,
-                       opened_event_id, updated_at)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                   ON CONFLICT (account, position_key) DO UPDATE
-                   SET label = EXCLUDED.label, quantity = EXCLUDED.quantity,
-                       average_cost = EXCLUDED.average_cost, multiplier = EXCLUDED.multiplier,
-                       direction = EXCLUDED.direction, expiration = EXCLUDED.expiration,
-                       mark = EXCLUDED.mark, updated_at = EXCLUDED.updated_at""",
-                (event.account, key, asset, h.symbol, h.label, h.quantity, h.average_cost,
-                 h.multiplier, h.direction, h.expiration, h.mark, event.id, event.fetched_at),
+                """UPDATE notify_positions p SET mark = v.mark
+                   FROM unnest(%s::text[], %s::numeric[]) AS v(position_key, mark)
+                   WHERE p.account = %s AND p.position_key = v.position_key""",
+                ([h.key for h in marks], [h.mark for h in marks], event.account),
             )
-        for key, (label, qty) in old.items():
-            if key in new:
-                continue
+        closed = [key for key in old if key not in new]
+        for key in closed:
+            label, qty = old[key][1], old[key][2]
             self.emit(conn, Notification(
                 rule="position_closed", account=event.account, subject=label,
                 key=f"position_closed:{event.account}:{key}:{event.id}",
@@ -297,18 +341,26 @@ class Rules:
                 body=f"{label}: {_num(qty)} no longer held (account {event.account})",
                 occurred_at=event.fetched_at, event_id=event.id, data={"asset": asset},
             ))
+        if closed:
             conn.execute(
-                "DELETE FROM notify_positions WHERE account = %s AND position_key = %s",
-                (event.account, key),
+                "DELETE FROM notify_positions WHERE account = %s AND position_key = ANY (%s)",
+                (event.account, closed),
             )
+        return old, changed
 
     def _stock_positions(self, conn: psycopg.Connection[Any], event: Event, new: dict[str, Held]) -> None:
-        self._positions(conn, event, "stock", new)
-        self._pnl(conn, event, "p.account = %s AND p.asset = 'stock'", (event.account,))
+        _, changed = self._positions(conn, event, "stock", new)
+        if changed:  # prices come from quotes: only a new or changed position needs re-banding
+            self._pnl_from_db(conn, event, "p.account = %s AND p.asset = 'stock' AND p.position_key = ANY (%s)",
+                              (event.account, [h.key for h in changed]))
 
     def _option_positions(self, conn: psycopg.Connection[Any], event: Event, new: dict[str, Held]) -> None:
-        self._positions(conn, event, "option", new)
-        self._pnl(conn, event, "p.account = %s AND p.asset = 'option'", (event.account,))
+        old, _ = self._positions(conn, event, "option", new)
+        self._pnl(conn, event, [
+            Priced(event.account, h.key, "option", h.label, h.quantity, h.average_cost, h.multiplier,
+                   h.direction, old[h.key][8] if h.key in old else None, h.mark)
+            for h in new.values()
+        ])
         today = event.fetched_at.astimezone(self.tz).date()
         horizon = self.settings.notify_option_expiry_days
         for h in new.values():
@@ -328,73 +380,86 @@ class Rules:
                 ))
 
     def _quotes(self, conn: psycopg.Connection[Any], event: Event, prices: dict[str, Decimal]) -> None:
-        for symbol, price in prices.items():
-            conn.execute(
-                """INSERT INTO notify_quotes AS q (symbol, price, fetched_at) VALUES (%s, %s, %s)
-                   ON CONFLICT (symbol) DO UPDATE SET price = EXCLUDED.price, fetched_at = EXCLUDED.fetched_at
-                   WHERE q.fetched_at <= EXCLUDED.fetched_at""",
-                (symbol, price, event.fetched_at),
-            )
-        if prices:
-            self._pnl(conn, event, "p.asset = 'stock' AND p.symbol = ANY (%s)", (list(prices),))
+        if not prices:
+            return
+        conn.execute(
+            """INSERT INTO notify_quotes AS q (symbol, price, fetched_at)
+               SELECT s, p, %s FROM unnest(%s::text[], %s::numeric[]) AS v(s, p)
+               ON CONFLICT (symbol) DO UPDATE SET price = EXCLUDED.price, fetched_at = EXCLUDED.fetched_at
+               WHERE q.fetched_at <= EXCLUDED.fetched_at""",
+            (event.fetched_at, list(prices), list(prices.values())),
+        )
+        self._pnl_from_db(conn, event, "p.asset = 'stock' AND p.symbol = ANY (%s)", (list(prices),))
 
-    def _pnl(self, conn: psycopg.Connection[Any], event: Event, where: str, args: tuple[Any, ...]) -> None:
-        """Re-band the selected positions' unrealized P&L %; alert on a band change."""
+    def _pnl_from_db(self, conn: psycopg.Connection[Any], event: Event, where: str,
+                     args: tuple[Any, ...]) -> None:
         rows = conn.execute(
             f"""SELECT p.account, p.position_key, p.asset, p.label, p.quantity, p.average_cost,
-                       p.multiplier, p.direction, p.pnl_band,
-                       CASE WHEN p.asset = 'stock' THEN q.price ELSE p.mark END
-                FROM notify_positions p LEFT JOIN notify_quotes q ON q.symbol = p.symbol
+                       p.multiplier, p.direction, p.pnl_band, q.price
+                FROM notify_positions p JOIN notify_quotes q ON q.symbol = p.symbol
                 WHERE {where}
                 ORDER BY p.account, p.position_key""",
             args,
         ).fetchall()
-        for account, key, asset, label, qty, avg, mult, direction, old_band, price in rows:
-            if price is None or avg == 0:
+        self._pnl(conn, event, [Priced(*r) for r in rows])
+
+    def _pnl(self, conn: psycopg.Connection[Any], event: Event, positions: list[Priced]) -> None:
+        """Re-band unrealized P&L %; alert when a position enters another band.
+
+        Bands are trunc(pct / threshold): -5 < pct < 5 is band 0 for a 5 % threshold. A band is
+        alerted at most once per position and local day (the dedupe key holds the band and
+        the day), so a price hovering on an edge does not alert on every tick.
+        """
+        moved: list[tuple[int, str, str]] = []
+        day = event.fetched_at.astimezone(self.tz).date().isoformat()
+        for p in positions:
+            t = self.band_pct[p.asset]
+            if p.price is None or p.average_cost == 0:
                 continue
-            value = price * mult if asset == "option" else price
-            pct = (value - avg) / abs(avg) * 100 * direction
-            band = int(pct / self.band_pct)  # toward zero: -5 < pct < 5 is band 0
-            if band == old_band:
+            value = p.price * p.multiplier if p.asset == "option" else p.price
+            pct = (value - p.average_cost) / abs(p.average_cost) * 100 * p.direction
+            band = int(pct / t)  # toward zero
+            if band == p.band:
                 continue
-            conn.execute(
-                "UPDATE notify_positions SET pnl_band = %s WHERE account = %s AND position_key = %s",
-                (band, account, key),
-            )
-            if old_band is None:
+            moved.append((band, p.account, p.key))
+            if p.band is None:
                 continue  # first price seen: a level, not a move
-            pnl = (value - avg) * qty * direction
-            t = self.band_pct
-            if band > old_band:  # the band's lower edge was crossed upwards
+            if band > p.band:  # the band's lower edge was crossed upwards
                 what = f"rose above {_pct(t * band if band > 0 else t * (band - 1))}"
             else:  # the band's upper edge was crossed downwards
                 what = f"fell below {_pct(t * band if band < 0 else t * (band + 1))}"
+            pnl = (value - p.average_cost) * p.quantity * p.direction
             self.emit(conn, Notification(
-                rule="pnl_move", account=account, subject=label,
-                key=f"pnl_move:{account}:{key}:{event.id}",
-                title=f"{label}: unrealized P&L {what} (now {_pct(pct)})",
-                body=f"{label}: unrealized P&L {_pct(pct)} ({_money(pnl)}), price {_money(price)}, "
-                     f"average cost {_money(avg)} (account {account})",
+                rule="pnl_move", account=p.account, subject=p.label,
+                key=f"pnl_move:{p.account}:{p.key}:{band}:{day}",
+                title=f"{p.label}: unrealized P&L {what} (now {_pct(pct)})",
+                body=f"{p.label}: unrealized P&L {_pct(pct)} ({_money(pnl)}), price {_money(p.price)}, "
+                     f"average cost {_money(p.average_cost)} (account {p.account})",
                 occurred_at=event.fetched_at, event_id=event.id,
-                data={"pnl_pct": f"{pct:.4f}", "pnl": f"{pnl:.2f}", "band": band, "previous_band": old_band},
+                data={"pnl_pct": f"{pct:.4f}", "pnl": f"{pnl:.2f}", "band": band, "previous_band": p.band},
             ))
+        if moved:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE notify_positions SET pnl_band = %s WHERE account = %s AND position_key = %s",
+                    moved,
+                )
 
     # ---- balances ----------------------------------------------------------------------------
     def _account(self, conn: psycopg.Connection[Any], event: Event, obj: dict[str, Any]) -> None:
         bp = _opt_dec(obj.get("buying_power"))
-        row = conn.execute(
-            "SELECT below_floor FROM notify_accounts WHERE account = %s", (event.account,)
-        ).fetchone()
-        was_below = bool(row and row[0])
         below = self.floor is not None and bp is not None and bp < self.floor
-        conn.execute(
-            """INSERT INTO notify_accounts (account, buying_power, below_floor, updated_at)
+        row = conn.execute(
+            """WITH old AS (SELECT below_floor FROM notify_accounts WHERE account = %s)
+               INSERT INTO notify_accounts (account, buying_power, below_floor, updated_at)
                VALUES (%s, %s, %s, %s)
                ON CONFLICT (account) DO UPDATE
                SET buying_power = EXCLUDED.buying_power, below_floor = EXCLUDED.below_floor,
-                   updated_at = greatest(notify_accounts.updated_at, EXCLUDED.updated_at)""",
-            (event.account, bp, below, event.fetched_at),
-        )
+                   updated_at = greatest(notify_accounts.updated_at, EXCLUDED.updated_at)
+               RETURNING (SELECT below_floor FROM old)""",
+            (event.account, event.account, bp, below, event.fetched_at),
+        ).fetchone()
+        was_below = bool(row and row[0])
         if below and not was_below:
             self.emit(conn, Notification(
                 rule="buying_power_low", account=event.account, subject="buying power",

@@ -97,8 +97,27 @@ def test_pnl_moves_past_the_threshold_once_per_band(conn, db_url, tmp_path):
                                 f"$100.00 (account {rh.ACCOUNT})")
 
 
+def test_a_price_hovering_on_an_edge_alerts_once_per_band_and_day(conn, db_url, tmp_path):
+    rh.put(conn, eventlog.STOCK_POSITIONS, rh.stock_positions({"AAPL": ("1", "100")}), fetched_at=at(0))
+    prices = ["104", "106", "104", "106", "104", "106"]
+    for i, price in enumerate(prices):
+        rh.put(conn, eventlog.QUOTES, rh.quotes({"AAPL": price}), account=QUOTES_ACCOUNT, fetched_at=at(1 + i))
+    next_day = T0 + timedelta(days=1)
+    for i, price in enumerate(["104", "106"]):
+        rh.put(conn, eventlog.QUOTES, rh.quotes({"AAPL": price}), account=QUOTES_ACCOUNT,
+               fetched_at=next_day + timedelta(minutes=i))
+    apply_all(consumer(tmp_path, clock=lambda: next_day, notify_sinks="log", notify_pnl_move_pct=5.0), db_url)
+    keys = [d["dedupe_key"] for d in deliveries(conn, rule="pnl_move")]
+    assert keys == [
+        f"pnl_move:{rh.ACCOUNT}:AAPL:1:2026-11-20",
+        f"pnl_move:{rh.ACCOUNT}:AAPL:0:2026-11-20",
+        f"pnl_move:{rh.ACCOUNT}:AAPL:0:2026-11-21",
+        f"pnl_move:{rh.ACCOUNT}:AAPL:1:2026-11-21",
+    ]
+
+
 def test_option_expiry_and_option_pnl(conn, db_url, tmp_path):
-    c = consumer(tmp_path, notify_sinks="log", notify_option_expiry_days=3, notify_pnl_move_pct=20.0)
+    c = consumer(tmp_path, notify_sinks="log", notify_option_expiry_days=3, notify_option_pnl_move_pct=20.0)
     soon = date(2026, 11, 23)  # 3 days after T0's New York date
     later = date(2026, 12, 18)
     positions = [rh.option_position("p1", "AAPL", soon, "200.0000", "250.0000"),
@@ -226,3 +245,25 @@ def test_a_bad_payload_is_dead_lettered_and_other_consumers_go_on(conn, db_url, 
     assert rules(conn) == [("buying_power_low", "buying power")]
     assert conn.execute("SELECT total FROM test_totals WHERE key = 'a'").fetchone() == (12,)
     assert conn.execute("SELECT count(*) FROM notify_positions").fetchone() == (0,)
+
+
+def test_simulated_broker_history_live_then_replay(conn, db_url, tmp_path):
+    """A day of the producer's simulated broker: the rules run over realistic snapshots, and
+    a replay rebuilds the same state and records no new delivery."""
+    from producer.simulate import simulate
+
+    end = datetime(2026, 11, 20, 21, 0, tzinfo=UTC)
+    stats = simulate(conn, days=1, seed=11, end=end)
+    assert stats["snapshots"] > 100
+    c = consumer(tmp_path, clock=lambda: end, notify_buying_power_floor=10_000_000.0)
+    apply_all(c, db_url)
+    assert conn.execute("SELECT count(*) FROM consumer_dead_letters").fetchone() == (0,)
+    live_state, live_deliveries = state(conn), deliveries(conn)
+    got = {d["rule"] for d in live_deliveries}
+    assert {"position_opened", "buying_power_low"} <= got, got
+    assert live_state["notify_positions"] and live_state["notify_quotes"]
+
+    rewind(conn, c)
+    apply_all(c, db_url)
+    assert state(conn) == live_state
+    assert deliveries(conn) == live_deliveries

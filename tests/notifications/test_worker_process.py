@@ -131,3 +131,20 @@ def test_notify_test_sends_through_a_sink_now(cli_env):
     assert r.stdout.strip() == "webhook: sent"
     [body] = server.bodies()
     assert body["title"] == "brokersync test notification"
+
+
+def test_replay_command_rebuilds_and_sends_nothing_again(conn, cli_env):
+    from tests.notifications.test_rules import state
+
+    env = dict(cli_env, BROKERSYNC_NOTIFY_SINKS="log", BROKERSYNC_NOTIFY_BUYING_POWER_FLOOR="100")
+    rh.put(conn, eventlog.STOCK_POSITIONS, rh.stock_positions({"AAPL": ("1", "100")}))
+    rh.put(conn, eventlog.ACCOUNT, rh.account("50"))
+    rh.put(conn, eventlog.QUOTES, rh.quotes({"AAPL": "130"}), account="*")
+    first = run_cli(["replay", "notifications"], env)  # nothing applied yet: a first run
+    assert first.returncode == 0, first.stderr
+    live = (state(conn), deliveries(conn), queued_messages(conn))
+    assert [d["rule"] for d in live[1]] == ["position_opened", "buying_power_low"]
+    again = run_cli(["replay", "notifications"], env)
+    assert again.returncode == 0, again.stderr
+    assert "rebuilding from the first event; 3 events to apply" in again.stderr
+    assert (state(conn), deliveries(conn), queued_messages(conn)) == live
