@@ -188,7 +188,11 @@ class Settings(BaseSettings):
         default=None, description="Alert when buying power goes under it. Unset: off."
     )
     notify_producer_failing_cycles: int = Field(default=3, ge=1)
-    notify_data_age_minutes: float = Field(default=30.0, gt=0)
+    notify_data_age_minutes: float = Field(
+        default=90.0, gt=0,
+        description="Alert when the newest snapshot is older. Keep it above the producer's "
+        "closed-market interval (hourly by default), or every night alerts.",
+    )
     notify_daily_summary_time: str = Field(
         default="16:30", pattern=r"^(off|([01]\d|2[0-3]):[0-5]\d)$",
         description="Local HH:MM of the daily summary, or 'off'.",
