@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import dramatiq
 import psycopg
 from psycopg.types.json import Json, Jsonb
 
@@ -87,6 +86,8 @@ class Notification:
 
 def enqueue(conn: psycopg.Connection[Any], delivery_id: int, sink: str) -> str:
     """Queue the dramatiq message for one delivery on ``conn`` (inside the caller's transaction)."""
+    # Imported here: the consumer process loads the broker's code only once it enqueues.
+    import dramatiq
     from dramatiq_postgres.broker import QUERIES
 
     message: dramatiq.Message[Any] = dramatiq.Message(

@@ -26,7 +26,6 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-import requests
 
 from brokersync.errors import ConfigError
 from brokersync.settings import Settings, env_name
@@ -182,6 +181,8 @@ class WebhookSink:
     name: str = "webhook"
 
     def send(self, message: Outgoing) -> None:
+        import requests  # only the worker sends: the consumer never loads it
+
         try:
             r = requests.post(
                 self.url,
@@ -210,6 +211,8 @@ class TelegramSink:
     name: str = "telegram"
 
     def send(self, message: Outgoing) -> None:
+        import requests
+
         url = f"{self.base_url.rstrip('/')}/bot{self.token}/sendMessage"
         try:
             r = requests.post(

@@ -36,6 +36,9 @@ from consumers.sinks import SINKS, Outgoing, build_sink, check_settings
 log = logging.getLogger(__name__)
 
 STOP_SLICE = 0.5  # seconds: the main thread checks the stop event this often (signals on Windows)
+# Idle poll of each queue (main and delayed-retry). An enqueue's NOTIFY wakes a consumer at once,
+# so this only bounds how late a due retry is picked up and how long a stop takes.
+IDLE_POLL_MS = 2000
 
 
 @dataclass
@@ -68,6 +71,7 @@ def make_broker(settings: Settings, url: str) -> WorkerParts:
         heartbeat_interval=max(ttl / 4, 0.2),
         heartbeat_ttl=ttl,
         maintenance_interval=min(30.0, max(ttl / 2, 0.5)),
+        poll_interval=IDLE_POLL_MS / 1000,
     )
     broker.add_middleware(CurrentMessage())
     actors = {sink: declare_actor(broker, pool, settings, sink) for sink in SINKS}
@@ -112,7 +116,7 @@ def run_worker(settings: Settings, url: str, stop: threading.Event) -> int:
     sinks = check_settings(settings)
     parts = make_broker(settings, url)
     worker = dramatiq.Worker(
-        parts.broker, queues={QUEUE}, worker_threads=settings.notify_worker_threads, worker_timeout=500
+        parts.broker, queues={QUEUE}, worker_threads=settings.notify_worker_threads, worker_timeout=IDLE_POLL_MS
     )
     try:
         worker.start()
