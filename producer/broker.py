@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 API = "https://api.robinhood.com"
 
@@ -29,6 +29,9 @@ class Response:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     elapsed: float = 0.0  # seconds the call took
+    # The decoded body, when the transport has it already (the simulator writing history
+    # skips encoding JSON only to decode it again); ``None`` means decode ``body``.
+    data: Any = None
 
 
 class Transport(Protocol):

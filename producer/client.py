@@ -125,6 +125,8 @@ class BrokerClient:
 
     def get_json(self, url: str, params: dict[str, str] | None = None) -> Any:
         resp = self.get_response(url, params)
+        if resp.data is not None:
+            return resp.data
         try:
             return orjson.loads(resp.body)
         except orjson.JSONDecodeError:

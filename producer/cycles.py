@@ -143,8 +143,10 @@ def fmt_time(t: datetime) -> str:
 class Fetcher:
     """Fetches kinds from a broker client; remembers accounts, symbols and order watermarks."""
 
-    def __init__(self, client: BrokerClient, cache: InstrumentCache, concurrency: int = 6) -> None:
+    def __init__(self, client: BrokerClient, cache: InstrumentCache, concurrency: int = 6,
+                 check_shapes: bool = True) -> None:
         self.client = client
+        self.check_shapes = check_shapes
         self.cache = cache
         self.concurrency = concurrency
         self.pool = ThreadPoolExecutor(concurrency, "fetch") if concurrency > 1 else None
@@ -335,6 +337,8 @@ class Fetcher:
         return pages
 
     def _drift(self, result: CycleResult, endpoint: str, items: Iterable[Any]) -> None:
+        if not self.check_shapes:
+            return
         missing = missing_fields(endpoint, items)
         if missing:
             known = result.shape_drift.setdefault(endpoint, [])

@@ -15,7 +15,9 @@ class RateLimiter:
     def __init__(self, per_minute: float, burst: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0  # tokens per second
-        self.capacity = float(burst if burst is not None else max(1, min(10, int(per_minute))))
+        # Default burst: a quarter minute's worth, at most 15 (an hourly cycle's 12 requests
+        # go out together; a retry storm still cannot).
+        self.capacity = float(burst if burst is not None else max(1, min(15, int(per_minute / 4))))
         self.tokens = self.capacity
         self.clock = clock
         self.updated = clock()

@@ -26,33 +26,38 @@ class Schedule:
     last: dict[str, datetime] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)
 
-    def interval_for(self, kind: str, now: datetime) -> float:
-        main = self.interval
+    def main_interval(self, now: datetime) -> float:
         if self.market_hours and not market.is_open(now):
-            main = max(main, self.closed_interval)
+            return max(self.interval, self.closed_interval)
+        return self.interval
+
+    def interval_for(self, kind: str, now: datetime, main: float | None = None) -> float:
+        main = self.main_interval(now) if main is None else main
         if kind in self.failed:
             return main
         if kind in ORDER_KINDS:
             return max(self.orders_interval, main)
         return main
 
-    def next_due(self, kind: str, now: datetime) -> datetime:
+    def next_due(self, kind: str, now: datetime, main: float | None = None) -> datetime:
         last = self.last.get(kind)
         if last is None:
             return now
-        return last + timedelta(seconds=self.interval_for(kind, now))
+        return last + timedelta(seconds=self.interval_for(kind, now, main))
 
     def due(self, now: datetime) -> set[str]:
         """Kinds due now; when any is, also those due within half a main interval (one cycle
         instead of two a few minutes apart: orders ride along with the main kinds)."""
-        due = {k for k in ev.KINDS if self.next_due(k, now) <= now + SLACK}
-        if due:
-            soon = now + timedelta(seconds=self.interval_for(ev.STOCK_POSITIONS, now) / 2)
-            due |= {k for k in ev.KINDS if self.next_due(k, now) <= soon}
-        return due
+        main = self.main_interval(now)
+        nexts = {k: self.next_due(k, now, main) for k in ev.KINDS}
+        if min(nexts.values()) > now + SLACK:
+            return set()
+        soon = now + timedelta(seconds=max(main / 2, SLACK.total_seconds()))
+        return {k for k, t in nexts.items() if t <= soon}
 
     def wait_seconds(self, now: datetime) -> float:
-        wait = min((self.next_due(k, now) - now).total_seconds() for k in ev.KINDS)
+        main = self.main_interval(now)
+        wait = min((self.next_due(k, now, main) - now).total_seconds() for k in ev.KINDS)
         if self.market_hours:
             wait = min(wait, self.interval)  # look again: the market may open meanwhile
         return max(0.0, wait)

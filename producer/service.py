@@ -71,7 +71,8 @@ class Producer:
         self.transport, self.auth = transport, auth
         policy = RetryPolicy(settings.producer_max_attempts, settings.producer_backoff,
                              timeout=settings.producer_timeout)
-        self.client = BrokerClient(transport, RateLimiter(settings.producer_rate_limit), policy, stop)
+        self.client = BrokerClient(transport, RateLimiter(settings.producer_rate_limit), policy, stop,
+                                   check_clock=getattr(transport, "wall_clock", True))
         self.cache = InstrumentCache()
         self.fetcher = Fetcher(self.client, self.cache, settings.producer_concurrency)
         self.schedule = Schedule(interval or settings.producer_interval, settings.producer_orders_interval,

@@ -32,8 +32,11 @@ def _ts(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_FORMATS = {p: f"%.{p}f" for p in range(9)}
+
+
 def _n(x: float, places: int) -> str:
-    return f"{x:.{places}f}"
+    return _FORMATS[places] % x
 
 
 def _parse_time(value: str) -> datetime:
@@ -48,13 +51,15 @@ class SimBroker:
     def __init__(self, world: SimWorld, *, clock: Callable[[], datetime] | None = None,
                  latency: float = 0.0, error_rate: float = 0.0, throttle_rate: float = 0.0,
                  slow_rate: float = 0.0, slow_seconds: float = 3.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, encode: bool = True) -> None:
         self.world = world
+        self.wall_clock = clock is None  # only then is the Date header comparable with ours
         self.clock = clock or (lambda: datetime.now(UTC))
         self.latency = latency
         self.error_rate, self.throttle_rate = error_rate, throttle_rate
         self.slow_rate, self.slow_seconds = slow_rate, slow_seconds
         self.sleep = sleep
+        self.encode = encode  # False: hand the client decoded JSON (history writing only)
         self.faults = random.Random(f"brokersync-sim-faults:{world.seed}")
         self.lock = threading.Lock()
         self.calls = 0
@@ -91,6 +96,8 @@ class SimBroker:
         with self.lock:
             self.world.advance_to(now)
             status, body = self.route(url, params or {})
+        if not self.encode and status == 200:
+            return Response(status, b"", url, headers, time.monotonic() - started, data=body)
         return Response(status, orjson.dumps(body), url, headers, time.monotonic() - started)
 
     # ---- routing -------------------------------------------------------------------------

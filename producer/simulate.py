@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import socket
 import sys
 import threading
@@ -60,23 +61,52 @@ def _jsonb_text(body: dict[str, Any] | bytes) -> tuple[str | None, str | None]:
 
 
 class HistoryWriter:
-    """Buffers cycles and writes them with COPY."""
+    """Buffers cycles and writes them with COPY, in a thread of its own.
+
+    Generating a batch (Python) and storing the previous one (mostly PostgreSQL) overlap;
+    at most two batches are in memory. An error in the writer is raised by the next
+    :meth:`add` or by :meth:`close`.
+    """
 
     def __init__(self, conn: psycopg.Connection[Any], cache: InstrumentCache) -> None:
         self.conn, self.cache = conn, cache
         self.buffer: list[CycleResult] = []
         self.cycles = self.snapshots = self.bytes = 0
         self.host, self.pid = socket.gethostname(), os.getpid()
+        self.queue: queue.Queue[list[CycleResult] | None] = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._write(batch)
+                except BaseException as exc:  # handed to the generating thread
+                    self.error = exc
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
     def add(self, result: CycleResult) -> None:
         self.buffer.append(result)
         if len(self.buffer) >= BATCH_CYCLES:
-            self.flush()
+            self._check()
+            self.queue.put(self.buffer)
+            self.buffer = []
 
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        conn, batch, self.buffer = self.conn, self.buffer, []
+    def close(self) -> None:
+        if self.buffer:
+            self.queue.put(self.buffer)
+            self.buffer = []
+        self.queue.put(None)
+        self.thread.join()
+        self._check()
+
+    def _write(self, batch: list[CycleResult]) -> None:
+        conn = self.conn
         with conn.transaction():
             ids = [r[0] for r in conn.execute(
                 "SELECT nextval(pg_get_serial_sequence('producer_cycle_runs', 'id')) "
@@ -110,11 +140,11 @@ def simulate(conn: psycopg.Connection[Any], *, days: float, seed: int, end: date
     stop = stop or threading.Event()
     start = end - timedelta(days=days)
     clock = Clock(start)
-    broker = SimBroker(SimWorld(seed, start), clock=clock.now)
+    broker = SimBroker(SimWorld(seed, start), clock=clock.now, encode=False)
     client = BrokerClient(broker, Unlimited(), RetryPolicy(attempts=1, backoff=0.0), stop, check_clock=False)
     cache = InstrumentCache()
     cache.load(conn)
-    fetcher = Fetcher(client, cache, concurrency=1)
+    fetcher = Fetcher(client, cache, concurrency=1, check_shapes=False)  # our own shapes
     schedule = Schedule(interval, orders_interval, market_hours, closed_interval)
     hashes = LastHashes() if skip_identical else None
     writer = HistoryWriter(conn, cache)
@@ -138,7 +168,7 @@ def simulate(conn: psycopg.Connection[Any], *, days: float, seed: int, end: date
             done = (t - start) / (end - start)
             print(f"simulate: {min(done, 1):6.1%} ({t:%Y-%m-%d}), {writer.cycles + len(writer.buffer)} cycles",
                   file=sys.stderr)
-    writer.flush()
+    writer.close()
     return {"cycles": writer.cycles, "snapshots": writer.snapshots, "payload_bytes": writer.bytes,
             "start": start.isoformat(), "end": min(t, end).isoformat(), "seed": seed,
             "seconds": round(time.monotonic() - began, 2)}
