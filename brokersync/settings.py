@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     # Rules run in the `notifications` consumer; delivery in `brokersync worker` (dramatiq).
     notify_sinks: str = Field(
         default="log",
-        description="Comma-separated sinks: log, webhook, telegram, email. Empty list: 'none'.",
+        description="Comma-separated sinks: log, webhook, telegram, email; 'none' delivers nothing.",
     )
     notify_log_path: Path | None = Field(
         default=None, description="JSON-lines file of the log sink. Default: LOG_DIR/notifications.jsonl."
