@@ -103,6 +103,4 @@ def connection(url: str, **kwargs: Any) -> Iterator[psycopg.Connection[Any]]:
 
 def is_connection_error(exc: BaseException) -> bool:
     """True for errors that mean "the connection is gone", not "this event is bad"."""
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | DatabaseUnavailable):
-        return True
-    return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | DatabaseUnavailable)

@@ -20,6 +20,7 @@ A consumer is a name, the kinds of snapshot it wants, and a handler. The runtime
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -173,10 +174,9 @@ class Runner:
             backoff.reset()
             self._loop(conn)
         finally:
-            try:
+            # closing a dead connection must not hide the real error
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:  # closing a dead connection must not hide the real error
-                pass
 
     def _acquire_lock(self, conn: psycopg.Connection[Any]) -> None:
         said = False
@@ -389,7 +389,7 @@ class Runner:
     def _cursor_is_just_before(self, conn: psycopg.Connection[Any], event: Event) -> bool:
         """The cursor is still where it was when ``event`` failed (locks the cursor row)."""
         row = conn.execute(
-            f"""SELECT c.tx_id::text::bigint, c.last_id,
+            """SELECT c.tx_id::text::bigint, c.last_id,
                        (SELECT count(*) FROM staging_snapshots s
                          WHERE (s.tx_id, s.id) > (c.tx_id, c.last_id) AND (s.tx_id, s.id) < (%s::text::xid8, %s)
                            AND (cardinality(c.kinds) = 0 OR s.kind = ANY (c.kinds)))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -43,7 +41,6 @@ def ledger_tables(conn):
     ledger.setup(conn)  # the consumer creates them too; tests query them before it starts
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")  # Windows: see README
 def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(conn, cli_env):
     rng = random.Random(20261121)
     amounts = [rng.randint(1, 1000) for _ in range(1500)]

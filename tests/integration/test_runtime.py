@@ -128,8 +128,9 @@ def test_poison_event_is_retried_dead_lettered_and_skipped(conn, db_url):
                              {"key": "p", "amount": 4}])
     malformed = ledger_bad = None
     with conn.transaction():
-        from schema.eventlog import append_snapshot
         from datetime import UTC, datetime
+
+        from schema.eventlog import append_snapshot
 
         ledger_bad = append_snapshot(conn, account="A1", kind="test", source="test",
                                      fetched_at=datetime.now(UTC), body=b"{not json")
