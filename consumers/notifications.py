@@ -61,6 +61,7 @@ KINDS = (
 )
 STATE_TABLES = ("notify_snapshot_marks", "notify_positions", "notify_quotes", "notify_accounts")
 ALL_ACCOUNTS = "*"
+PCT_STEP = Decimal("0.000001")  # P&L % is kept to 6 decimals
 
 
 def _dec(value: Any, what: str) -> Decimal:
@@ -126,7 +127,7 @@ class Priced:
     average_cost: Decimal
     multiplier: Decimal
     direction: int
-    band: int | None
+    previous_pct: Decimal | None  # the P&L % at the previous price (state, not a setting)
     price: Decimal | None
 
 
@@ -283,7 +284,7 @@ class Rules:
             r[0]: r
             for r in conn.execute(
                 """SELECT position_key, label, quantity, average_cost, multiplier, direction,
-                          expiration, mark, pnl_band
+                          expiration, mark, pnl_pct
                    FROM notify_positions WHERE account = %s AND asset = %s""",
                 (event.account, asset),
             )
@@ -395,7 +396,7 @@ class Rules:
                      args: tuple[Any, ...]) -> None:
         rows = conn.execute(
             f"""SELECT p.account, p.position_key, p.asset, p.label, p.quantity, p.average_cost,
-                       p.multiplier, p.direction, p.pnl_band, q.price
+                       p.multiplier, p.direction, p.pnl_pct, q.price
                 FROM notify_positions p JOIN notify_quotes q ON q.symbol = p.symbol
                 WHERE {where}
                 ORDER BY p.account, p.position_key""",
@@ -404,27 +405,31 @@ class Rules:
         self._pnl(conn, event, [Priced(*r) for r in rows])
 
     def _pnl(self, conn: psycopg.Connection[Any], event: Event, positions: list[Priced]) -> None:
-        """Re-band unrealized P&L %; alert when a position enters another band.
+        """Alert when a position's unrealized P&L % enters another band.
 
-        Bands are trunc(pct / threshold): -5 < pct < 5 is band 0 for a 5 % threshold. A band is
-        alerted at most once per position and local day (the dedupe key holds the band and
-        the day), so a price hovering on an edge does not alert on every tick.
+        Bands are trunc(pct / threshold): -5 < pct < 5 is band 0 for a 5 % threshold. The state
+        is the last P&L % (not the band), so it does not depend on the threshold and a replay
+        with other settings rebuilds the same rows. A band is alerted at most once per
+        position and local day (the dedupe key holds the band and the day), so a price hovering
+        on an edge does not alert on every tick.
         """
-        moved: list[tuple[int, str, str]] = []
+        changed: list[tuple[str, str, Decimal]] = []
         day = event.fetched_at.astimezone(self.tz).date().isoformat()
         for p in positions:
             t = self.band_pct[p.asset]
             if p.price is None or p.average_cost == 0:
                 continue
             value = p.price * p.multiplier if p.asset == "option" else p.price
-            pct = (value - p.average_cost) / abs(p.average_cost) * 100 * p.direction
-            band = int(pct / t)  # toward zero
-            if band == p.band:
+            pct = ((value - p.average_cost) / abs(p.average_cost) * 100 * p.direction).quantize(PCT_STEP)
+            if pct == p.previous_pct:
                 continue
-            moved.append((band, p.account, p.key))
-            if p.band is None:
+            changed.append((p.account, p.key, pct))
+            if p.previous_pct is None:
                 continue  # first price seen: a level, not a move
-            if band > p.band:  # the band's lower edge was crossed upwards
+            band, old_band = int(pct / t), int(p.previous_pct / t)  # toward zero
+            if band == old_band:
+                continue
+            if band > old_band:  # the band's lower edge was crossed upwards
                 what = f"rose above {_pct(t * band if band > 0 else t * (band - 1))}"
             else:  # the band's upper edge was crossed downwards
                 what = f"fell below {_pct(t * band if band < 0 else t * (band + 1))}"
@@ -436,30 +441,33 @@ class Rules:
                 body=f"{p.label}: unrealized P&L {_pct(pct)} ({_money(pnl)}), price {_money(p.price)}, "
                      f"average cost {_money(p.average_cost)} (account {p.account})",
                 occurred_at=event.fetched_at, event_id=event.id,
-                data={"pnl_pct": f"{pct:.4f}", "pnl": f"{pnl:.2f}", "band": band, "previous_band": p.band},
+                data={"pnl_pct": str(pct), "pnl": f"{pnl:.2f}", "band": band, "previous_band": old_band},
             ))
-        if moved:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "UPDATE notify_positions SET pnl_band = %s WHERE account = %s AND position_key = %s",
-                    moved,
-                )
+        if changed:  # one statement for every re-priced position
+            conn.execute(
+                """UPDATE notify_positions p SET pnl_pct = v.pct
+                   FROM unnest(%s::text[], %s::text[], %s::numeric[]) AS v(account, position_key, pct)
+                   WHERE p.account = v.account AND p.position_key = v.position_key""",
+                ([c[0] for c in changed], [c[1] for c in changed], [c[2] for c in changed]),
+            )
 
     # ---- balances ----------------------------------------------------------------------------
     def _account(self, conn: psycopg.Connection[Any], event: Event, obj: dict[str, Any]) -> None:
         bp = _opt_dec(obj.get("buying_power"))
-        below = self.floor is not None and bp is not None and bp < self.floor
         row = conn.execute(
-            """WITH old AS (SELECT below_floor FROM notify_accounts WHERE account = %s)
-               INSERT INTO notify_accounts (account, buying_power, below_floor, updated_at)
-               VALUES (%s, %s, %s, %s)
+            """WITH old AS (SELECT buying_power FROM notify_accounts WHERE account = %s)
+               INSERT INTO notify_accounts (account, buying_power, updated_at)
+               VALUES (%s, %s, %s)
                ON CONFLICT (account) DO UPDATE
-               SET buying_power = EXCLUDED.buying_power, below_floor = EXCLUDED.below_floor,
+               SET buying_power = EXCLUDED.buying_power,
                    updated_at = greatest(notify_accounts.updated_at, EXCLUDED.updated_at)
-               RETURNING (SELECT below_floor FROM old)""",
-            (event.account, event.account, bp, below, event.fetched_at),
+               RETURNING (SELECT buying_power FROM old)""",
+            (event.account, event.account, bp, event.fetched_at),
         ).fetchone()
-        was_below = bool(row and row[0])
+        previous = row[0] if row else None
+        # Under the floor now and not at the previous snapshot: alert once; re-arms on recovery.
+        below = self.floor is not None and bp is not None and bp < self.floor
+        was_below = self.floor is not None and previous is not None and previous < self.floor
         if below and not was_below:
             self.emit(conn, Notification(
                 rule="buying_power_low", account=event.account, subject="buying power",

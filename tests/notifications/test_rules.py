@@ -227,6 +227,23 @@ def test_replay_rebuilds_the_state_and_sends_nothing_again(conn, db_url, tmp_pat
     assert queued_messages(conn) == live_queue  # nothing queued again
 
 
+def test_the_state_does_not_depend_on_the_thresholds(conn, db_url, tmp_path):
+    """A replay run with other thresholds (e.g. a process whose environment differs) still
+    rebuilds the same state rows: the state keeps P&L % and buying power, not bands."""
+    rh.put(conn, eventlog.STOCK_POSITIONS, rh.stock_positions({"AAPL": ("10", "100")}), fetched_at=at(0))
+    for i, price in enumerate(["100", "103", "112", "90"]):
+        rh.put(conn, eventlog.QUOTES, rh.quotes({"AAPL": price}), account="*", fetched_at=at(1 + i))
+    rh.put(conn, eventlog.ACCOUNT, rh.account("500"), fetched_at=at(6))
+    first = consumer(tmp_path, notify_pnl_move_pct=1.0, notify_buying_power_floor=1000.0)
+    apply_all(first, db_url)
+    live_state = state(conn)
+    assert [float(r[-1]) for r in conn.execute("SELECT pnl_pct FROM notify_positions")] == [-10.0]
+    other = consumer(tmp_path, notify_pnl_move_pct=7.0)
+    rewind(conn, other)
+    apply_all(other, db_url)
+    assert state(conn) == live_state
+
+
 def test_a_bad_payload_is_dead_lettered_and_other_consumers_go_on(conn, db_url, tmp_path):
     c = consumer(tmp_path, notify_sinks="log", notify_buying_power_floor=1000.0)
     bad = rh.put(conn, eventlog.STOCK_POSITIONS, {"v": 1, "responses": {"positions": "not pages"}},
