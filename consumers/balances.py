@@ -3,12 +3,13 @@
 * ``account`` snapshots (raw ``/accounts/{number}/``) give buying power and cash;
   ``portfolio`` snapshots (raw ``/portfolios/{number}/``) give market value and equity. Each
   half of ``trading_accounts`` only moves forward in ``fetched_at``: a stale snapshot that
-  arrives late never overwrites a newer one.
+  arrives late never overwrites a newer one (and a snapshot superseded by a newer one in the
+  log is skipped: see ``consumers/snapshots.py``).
 * ``daily_portfolio_balances`` has one row per account per **US market day**: the calendar date
   of ``fetched_at`` in America/New_York (so 00:30 UTC is still the previous day in New York).
-  Every equity reading is kept in ``balance_equity_samples`` and the day's row is recomputed
-  from that day's samples (open = the earliest reading, close = the latest, high, low), so the
-  result does not depend on the order in which snapshots arrived. The day's change is
+  Every equity reading is kept once in ``balance_equity_samples`` and folded into its day's
+  row (open = the earliest reading by fetched_at then event id, close = the latest, high, low),
+  so the result does not depend on the order in which snapshots arrived. The day's change is
   ``close - previous close``, the previous close being the broker's
   ``adjusted_equity_previous_close`` as reported by the day's *first* snapshot (brokers roll that
   figure over after the close, so a late-evening snapshot already reports today's close), or
@@ -23,17 +24,18 @@ import psycopg
 
 from consumers.parsing import dec, envelope_of, market_day, opt_dec, require
 from consumers.runtime import Consumer, Event
+from consumers.snapshots import superseded
 from schema.eventlog import ACCOUNT, PORTFOLIO
 from schema.payloads import PayloadError, response
 
 TABLES = ("trading_accounts", "balance_equity_samples", "daily_portfolio_balances")
 
 
-def apply_account(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
+def _account_values(payload: Any) -> tuple[Any, ...]:
     acct = response(payload, "account")
     if not isinstance(acct, dict):
         raise PayloadError("'account' is not an object")
-    values = (
+    return (
         acct.get("type"),
         dec(require(acct, "buying_power", "account"), "buying_power"),
         dec(require(acct, "cash", "account"), "cash"),
@@ -41,6 +43,12 @@ def apply_account(conn: psycopg.Connection[Any], event: Event, payload: Any) -> 
         opt_dec(acct.get("cash_held_for_orders"), "cash_held_for_orders"),
         opt_dec(acct.get("unsettled_funds"), "unsettled_funds"),
     )
+
+
+def apply_account(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
+    values = _account_values(payload)
+    if superseded(conn, event, _account_values):
+        return  # a newer account snapshot exists: it decides this half of the row
     conn.execute(
         """INSERT INTO trading_accounts (account, account_type, buying_power, cash,
                cash_available_for_withdrawal, cash_held_for_orders, unsettled_funds,
@@ -60,72 +68,82 @@ def apply_account(conn: psycopg.Connection[Any], event: Event, payload: Any) -> 
     )
 
 
-def apply_portfolio(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
+def _portfolio_values(payload: Any) -> tuple[Any, ...]:
     pf = response(payload, "portfolio")
     if not isinstance(pf, dict):
         raise PayloadError("'portfolio' is not an object")
-    equity = dec(require(pf, "equity", "portfolio"), "equity")
-    market_value = opt_dec(pf.get("market_value"), "market_value")
-    extended = opt_dec(pf.get("extended_hours_equity"), "extended_hours_equity")
-    previous_close = opt_dec(
-        pf.get("adjusted_equity_previous_close") or pf.get("equity_previous_close"),
-        "equity_previous_close",
+    return (
+        dec(require(pf, "equity", "portfolio"), "equity"),
+        opt_dec(pf.get("market_value"), "market_value"),
+        opt_dec(pf.get("extended_hours_equity"), "extended_hours_equity"),
+        opt_dec(pf.get("adjusted_equity_previous_close") or pf.get("equity_previous_close"),
+                "equity_previous_close"),
     )
-    conn.execute(
-        """INSERT INTO trading_accounts (account, portfolio_value, equity, extended_hours_equity,
-               equity_previous_close, portfolio_fetched_at, updated_at)
-           VALUES (%s, %s, %s, %s, %s, %s, %s)
-           ON CONFLICT (account) DO UPDATE
-           SET portfolio_value = EXCLUDED.portfolio_value, equity = EXCLUDED.equity,
-               extended_hours_equity = EXCLUDED.extended_hours_equity,
-               equity_previous_close = EXCLUDED.equity_previous_close,
-               portfolio_fetched_at = EXCLUDED.portfolio_fetched_at,
-               updated_at = greatest(trading_accounts.updated_at, EXCLUDED.updated_at)
-           WHERE trading_accounts.portfolio_fetched_at IS NULL
-              OR trading_accounts.portfolio_fetched_at <= EXCLUDED.portfolio_fetched_at""",
-        (event.account, market_value, equity, extended, previous_close,
-         event.fetched_at, event.fetched_at),
-    )
+
+
+def apply_portfolio(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
+    equity, market_value, extended, previous_close = _portfolio_values(payload)
+    if not superseded(conn, event, _portfolio_values):
+        conn.execute(
+            """INSERT INTO trading_accounts (account, portfolio_value, equity, extended_hours_equity,
+                   equity_previous_close, portfolio_fetched_at, updated_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (account) DO UPDATE
+               SET portfolio_value = EXCLUDED.portfolio_value, equity = EXCLUDED.equity,
+                   extended_hours_equity = EXCLUDED.extended_hours_equity,
+                   equity_previous_close = EXCLUDED.equity_previous_close,
+                   portfolio_fetched_at = EXCLUDED.portfolio_fetched_at,
+                   updated_at = greatest(trading_accounts.updated_at, EXCLUDED.updated_at)
+               WHERE trading_accounts.portfolio_fetched_at IS NULL
+                  OR trading_accounts.portfolio_fetched_at <= EXCLUDED.portfolio_fetched_at""",
+            (event.account, market_value, equity, extended, previous_close,
+             event.fetched_at, event.fetched_at),
+        )
     the_day = market_day(event.fetched_at)
-    conn.execute(
+    new = conn.execute(
         """INSERT INTO balance_equity_samples (account, event_id, fetched_at, market_day, equity,
                                                previous_close)
            VALUES (%s, %s, %s, %s, %s, %s)
-           ON CONFLICT (account, event_id) DO NOTHING""",
+           ON CONFLICT (account, event_id) DO NOTHING
+           RETURNING 1""",
         (event.account, event.id, event.fetched_at, the_day, equity, previous_close),
-    )
-    _recompute_day(conn, event.account, the_day)
+    ).fetchone()
+    if new is not None:  # each reading adjusts its day once, whatever the order
+        _add_reading(conn, event, the_day, equity, previous_close)
 
 
-def _recompute_day(conn: psycopg.Connection[Any], account: str, the_day: Any) -> None:
-    """The day's row from all of that day's samples: independent of arrival order."""
+def _add_reading(conn: psycopg.Connection[Any], event: Event, the_day: Any, equity: Any,
+                 previous_close: Any) -> None:
+    """Fold one reading into its day: the result does not depend on the order of readings."""
     conn.execute(
-        """WITH s AS (
-               SELECT * FROM balance_equity_samples WHERE account = %(a)s AND market_day = %(d)s),
-           first AS (SELECT * FROM s ORDER BY fetched_at, event_id LIMIT 1),
-           last AS (SELECT * FROM s ORDER BY fetched_at DESC, event_id DESC LIMIT 1),
-           agg AS (SELECT max(equity) AS hi, min(equity) AS lo, count(*) AS n FROM s),
-           v AS (
-               SELECT first.equity AS open_equity, agg.hi, agg.lo, last.equity AS close_equity,
-                      coalesce(first.previous_close, first.equity) AS previous_close,
-                      agg.n, first.fetched_at AS first_at, last.fetched_at AS last_at
-               FROM first, last, agg)
-           INSERT INTO daily_portfolio_balances AS b (account, market_day, open_equity,
-               high_equity, low_equity, close_equity, previous_close, change, change_pct,
-               samples, first_at, last_at)
-           SELECT %(a)s, %(d)s, open_equity, hi, lo, close_equity, previous_close,
-                  close_equity - previous_close,
-                  CASE WHEN previous_close <> 0
-                       THEN round((close_equity - previous_close) / previous_close * 100, 4) END,
-                  n, first_at, last_at
-           FROM v
+        """INSERT INTO daily_portfolio_balances AS b (account, market_day, open_equity,
+               high_equity, low_equity, close_equity, previous_close, samples, first_at, last_at,
+               first_event_id, last_event_id)
+           VALUES (%(a)s, %(d)s, %(e)s, %(e)s, %(e)s, %(e)s, coalesce(%(pc)s, %(e)s), 1,
+                   %(t)s, %(t)s, %(id)s, %(id)s)
            ON CONFLICT (account, market_day) DO UPDATE
-           SET open_equity = EXCLUDED.open_equity, high_equity = EXCLUDED.high_equity,
-               low_equity = EXCLUDED.low_equity, close_equity = EXCLUDED.close_equity,
-               previous_close = EXCLUDED.previous_close, change = EXCLUDED.change,
-               change_pct = EXCLUDED.change_pct, samples = EXCLUDED.samples,
-               first_at = EXCLUDED.first_at, last_at = EXCLUDED.last_at""",
-        {"a": account, "d": the_day},
+           SET high_equity = greatest(b.high_equity, EXCLUDED.high_equity),
+               low_equity = least(b.low_equity, EXCLUDED.low_equity),
+               samples = b.samples + 1,
+               open_equity = CASE WHEN (EXCLUDED.first_at, EXCLUDED.first_event_id)
+                                       < (b.first_at, b.first_event_id)
+                                  THEN EXCLUDED.open_equity ELSE b.open_equity END,
+               previous_close = CASE WHEN (EXCLUDED.first_at, EXCLUDED.first_event_id)
+                                          < (b.first_at, b.first_event_id)
+                                     THEN EXCLUDED.previous_close ELSE b.previous_close END,
+               first_event_id = CASE WHEN (EXCLUDED.first_at, EXCLUDED.first_event_id)
+                                          < (b.first_at, b.first_event_id)
+                                     THEN EXCLUDED.first_event_id ELSE b.first_event_id END,
+               first_at = least(b.first_at, EXCLUDED.first_at),
+               close_equity = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_event_id)
+                                        > (b.last_at, b.last_event_id)
+                                   THEN EXCLUDED.close_equity ELSE b.close_equity END,
+               last_event_id = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_event_id)
+                                         > (b.last_at, b.last_event_id)
+                                    THEN EXCLUDED.last_event_id ELSE b.last_event_id END,
+               last_at = greatest(b.last_at, EXCLUDED.last_at)""",
+        {"a": event.account, "d": the_day, "e": equity, "pc": previous_close,
+         "t": event.fetched_at, "id": event.id},
     )
 
 

@@ -11,8 +11,10 @@ Inputs (see ``schema/payloads.py``):
 * ``quotes``: last trade prices; kept in ``positions_last_prices`` (this consumer's own copy),
   and every stock position of those symbols is revalued.
 
-A snapshot older (by ``fetched_at``) than the newest one already applied for that account and
-kind is ignored, so a late, stale snapshot never overwrites newer data. Every column derives
+A snapshot older (by ``fetched_at``, then id) than the newest one already applied for that
+account and kind is ignored, so a late, stale snapshot never overwrites newer data; one that a
+newer, well-formed snapshot in the log supersedes is skipped outright (``consumers/snapshots.py``:
+this is what makes a replay of a year fast). Every column derives
 from the events, so a replay rebuilds the tables row for row.
 """
 
@@ -34,6 +36,7 @@ from consumers.parsing import (
 )
 from consumers.parsing import ts as parse_ts
 from consumers.runtime import Consumer, Event
+from consumers.snapshots import superseded
 from schema.eventlog import OPTION_POSITIONS, QUOTES, STOCK_POSITIONS
 from schema.payloads import PayloadError, response, results
 
@@ -54,13 +57,15 @@ WHERE q.symbol = p.symbol AND {where}
 
 
 def _is_newest(conn: psycopg.Connection[Any], event: Event) -> bool:
-    """Record this snapshot as the newest for its account and kind; False if a newer one won."""
+    """Record this snapshot as the newest (by fetched_at, then id) for its account and kind;
+    False if a newer one was applied already."""
     row = conn.execute(
         """INSERT INTO positions_snapshot_marks (account, kind, fetched_at, event_id)
            VALUES (%s, %s, %s, %s)
            ON CONFLICT (account, kind) DO UPDATE
            SET fetched_at = EXCLUDED.fetched_at, event_id = EXCLUDED.event_id
-           WHERE positions_snapshot_marks.fetched_at <= EXCLUDED.fetched_at
+           WHERE (positions_snapshot_marks.fetched_at, positions_snapshot_marks.event_id)
+                 <= (EXCLUDED.fetched_at, EXCLUDED.event_id)
            RETURNING 1""",
         (event.account, event.kind, event.fetched_at, event.id),
     ).fetchone()
@@ -92,7 +97,7 @@ def _stock_rows(payload: Any) -> list[tuple[Any, ...]]:
 
 def apply_stock_positions(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
     rows = _stock_rows(payload)  # parse everything before writing anything
-    if not _is_newest(conn, event):
+    if superseded(conn, event, _stock_rows) or not _is_newest(conn, event):
         return
     ids = [r[0] for r in rows]
     conn.execute(
@@ -118,7 +123,7 @@ def apply_stock_positions(conn: psycopg.Connection[Any], event: Event, payload: 
 # ---- quotes -------------------------------------------------------------------------------------
 
 
-def apply_quotes(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
+def _quote_rows(payload: Any) -> list[tuple[str, Decimal, Any]]:
     rows = []
     for quote in results(payload, "quotes"):
         symbol = require(quote, "symbol", "quote")
@@ -126,8 +131,21 @@ def apply_quotes(conn: psycopg.Connection[Any], event: Event, payload: Any) -> N
         if price is None:
             continue  # no trade yet (e.g. a halted or new listing): keep the previous price
         quoted_at = parse_ts(quote["updated_at"], "quote updated_at") if quote.get("updated_at") else None
-        rows.append((str(symbol), price, quoted_at, event.fetched_at))
+        rows.append((str(symbol), price, quoted_at))
+    return rows
+
+
+def apply_quotes(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
+    rows = _quote_rows(payload)
     if not rows:
+        return
+    symbols = {r[0] for r in rows}
+
+    def covers(newer: Any) -> None:  # a newer quotes snapshot pricing every one of our symbols
+        if not symbols <= {r[0] for r in _quote_rows(newer)}:
+            raise PayloadError("does not price every symbol")
+
+    if superseded(conn, event, covers):
         return
     with conn.cursor() as cur:
         cur.executemany(
@@ -137,9 +155,9 @@ def apply_quotes(conn: psycopg.Connection[Any], event: Event, payload: Any) -> N
                SET price = EXCLUDED.price, quoted_at = EXCLUDED.quoted_at,
                    fetched_at = EXCLUDED.fetched_at
                WHERE positions_last_prices.fetched_at <= EXCLUDED.fetched_at""",
-            rows,
+            [(*r, event.fetched_at) for r in rows],
         )
-    conn.execute(_REVALUE.format(where="p.symbol = ANY (%s::text[])"), ([r[0] for r in rows],))
+    conn.execute(_REVALUE.format(where="p.symbol = ANY (%s::text[])"), (sorted(symbols),))
 
 
 # ---- option positions ---------------------------------------------------------------------------
@@ -229,7 +247,7 @@ _OPTION_COLUMNS = (
 
 def apply_option_positions(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
     rows = _option_rows(event, payload)
-    if not _is_newest(conn, event):
+    if superseded(conn, event, lambda p: _option_rows(event, p)) or not _is_newest(conn, event):
         return
     conn.execute(
         "DELETE FROM option_positions WHERE account = %s AND NOT (option_id = ANY (%s::text[]))",

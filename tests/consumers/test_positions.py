@@ -135,3 +135,20 @@ def test_replay_equals_live(db_url: str, conn: psycopg.Connection[Any]) -> None:
     live = tables(conn, CONSUMER)
     assert live["positions"] and live["option_positions"] and live["positions_last_prices"]
     assert replay(conn, db_url, CONSUMER) == live
+
+
+def test_replay_keeps_a_snapshot_whose_newer_successor_is_malformed(
+        db_url: str, conn: psycopg.Connection[Any]) -> None:
+    # a replay skips snapshots superseded by a newer one, but only by one that applies
+    _stock(conn, T0, ("AAPL", "10.00000000", "150.0000"))
+    bad = rh.stock_positions_envelope([rh.stock_position("AAPL", "11.00000000", "150.0000", T0)])
+    del bad["responses"]["positions"][0]["results"][0]["average_buy_price"]
+    poison = add(conn, STOCK_POSITIONS, bad, T0 + timedelta(minutes=5))
+    _quotes(conn, T0 + timedelta(minutes=5), AAPL="151.0000")
+    run(db_url, CONSUMER)
+    live = tables(conn, CONSUMER)
+    assert [r["quantity"] for r in _positions(conn).values()] == [Decimal("10")]
+    dead = rows(conn, "SELECT event_id FROM consumer_dead_letters WHERE consumer = 'positions'")
+    assert dead == [{"event_id": poison}]
+    assert replay(conn, db_url, CONSUMER) == live
+    assert rows(conn, "SELECT event_id FROM consumer_dead_letters WHERE consumer = 'positions'") == dead
