@@ -68,6 +68,7 @@ def register(sub: Any) -> None:
     s.add_argument("--no-market-hours", action="store_true",
                    help="poll at --interval around the clock")
     s.add_argument("--end", type=_time, help="end of the history (default: now)")
-    s.add_argument("--skip-identical", action="store_true",
-                   help="do not append snapshots identical to the previous one")
+    s.add_argument("--keep-identical", action="store_true",
+                   help="also append snapshots identical to the previous one of their kind and "
+                        "account (by default they are skipped and recorded as 'unchanged')")
     s.set_defaults(func=cmd_simulate, component="simulate")

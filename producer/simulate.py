@@ -7,9 +7,12 @@ with COPY in batches (one transaction per batch, so consumers can start early).
 
 Cadence (the defaults): every 300 s while the US market is open (09:30-16:00 New York,
 Monday-Friday: 78 cycles a day), every 3600 s while it is closed; orders every 3600 s. A
-cycle appends one snapshot per kind and account: stock positions, option positions, account
+cycle fetches one snapshot per kind and account: stock positions, option positions, account
 and portfolio for two accounts plus one quotes snapshot (9), plus stock and option orders
-for two accounts (4) in the cycles where orders are due.
+for two accounts (4) in the cycles where orders are due. By default a snapshot identical to
+the previous one of its kind and account is not appended (its cycle row says 'unchanged'):
+prices stand still while the market is closed, and positions change only on fills. Seed 1,
+365 days: about 27,300 cycles and 87,700 snapshots (360 MB of JSON, ~165 MB on disk).
 """
 
 from __future__ import annotations
@@ -186,7 +189,7 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
         with connect(url, autocommit=True, application_name="brokersync-simulate") as conn:
             stats = simulate(conn, days=args.days, seed=seed, end=end, interval=args.interval,
                              closed_interval=args.closed_interval,
-                             market_hours=not args.no_market_hours, skip_identical=args.skip_identical,
+                             market_hours=not args.no_market_hours, skip_identical=not args.keep_identical,
                              stop=stop, progress=sys.stderr.isatty())
     print(f"simulated {stats['start']} .. {stats['end']} (seed {seed}): {stats['cycles']} cycles, "
           f"{stats['snapshots']} snapshots, {stats['payload_bytes'] / 1e6:.1f} MB of JSON "

@@ -50,7 +50,8 @@ def test_bad_interval_is_a_usage_error(cli_env: dict[str, str]) -> None:
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_service_runs_cycles_and_stops_cleanly(cli_env: dict[str, str], conn: psycopg.Connection[Any],
                                                sig: str) -> None:
-    proc = start_cli(["producer", "--interval", "1"], cli_env)
+    flags = subprocess.CREATE_NEW_PROCESS_GROUP if sys.platform == "win32" else 0  # type: ignore[attr-defined]
+    proc = start_cli(["producer", "--interval", "1"], cli_env, creationflags=flags)
     try:
         deadline = time.monotonic() + 60
         while rows(conn, "SELECT count(*) FROM producer_cycle_runs")[0][0] < 2:
@@ -94,3 +95,29 @@ def test_login_without_a_terminal_or_credentials_fails_fast(cli_env: dict[str, s
     r = run_cli(["login"], cli_env, stdin=subprocess.DEVNULL, timeout=30)
     assert r.returncode == 1
     assert "needs a terminal" in r.stderr
+
+
+def test_service_survives_losing_its_database_connection(cli_env: dict[str, str],
+                                                         conn: psycopg.Connection[Any]) -> None:
+    flags = subprocess.CREATE_NEW_PROCESS_GROUP if sys.platform == "win32" else 0  # type: ignore[attr-defined]
+    proc = start_cli(["producer", "--interval", "1"], cli_env, creationflags=flags)
+
+    def wait_cycles(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while rows(conn, "SELECT count(*) FROM producer_cycle_runs")[0][0] < n:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, f"fewer than {n} cycles"
+            time.sleep(0.2)
+
+    try:
+        wait_cycles(2)
+        killed = rows(conn, """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                               WHERE application_name = 'brokersync-producer'""")
+        assert killed == [(True,)]
+        before = rows(conn, "SELECT count(*) FROM producer_cycle_runs")[0][0]
+        wait_cycles(before + 2)
+    finally:
+        proc.send_signal(signal.SIGTERM if sys.platform != "win32" else signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "database unavailable" in out
