@@ -3,8 +3,7 @@
 * ``account`` snapshots (raw ``/accounts/{number}/``) give buying power and cash;
   ``portfolio`` snapshots (raw ``/portfolios/{number}/``) give market value and equity. Each
   half of ``trading_accounts`` only moves forward in ``fetched_at``: a stale snapshot that
-  arrives late never overwrites a newer one (and a snapshot superseded by a newer one in the
-  log is skipped: see ``consumers/snapshots.py``).
+  arrives late never overwrites a newer one.
 * ``daily_portfolio_balances`` has one row per account per **US market day**: the calendar date
   of ``fetched_at`` in America/New_York (so 00:30 UTC is still the previous day in New York).
   Every equity reading is kept once in ``balance_equity_samples`` and folded into its day's
@@ -24,7 +23,6 @@ import psycopg
 
 from consumers.parsing import dec, envelope_of, market_day, opt_dec, require
 from consumers.runtime import Consumer, Event
-from consumers.snapshots import superseded
 from schema.eventlog import ACCOUNT, PORTFOLIO
 from schema.payloads import PayloadError, response
 
@@ -47,8 +45,6 @@ def _account_values(payload: Any) -> tuple[Any, ...]:
 
 def apply_account(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
     values = _account_values(payload)
-    if superseded(conn, event, _account_values):
-        return  # a newer account snapshot exists: it decides this half of the row
     conn.execute(
         """INSERT INTO trading_accounts (account, account_type, buying_power, cash,
                cash_available_for_withdrawal, cash_held_for_orders, unsettled_funds,
@@ -83,44 +79,40 @@ def _portfolio_values(payload: Any) -> tuple[Any, ...]:
 
 def apply_portfolio(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
     equity, market_value, extended, previous_close = _portfolio_values(payload)
-    if not superseded(conn, event, _portfolio_values):
-        conn.execute(
-            """INSERT INTO trading_accounts (account, portfolio_value, equity, extended_hours_equity,
-                   equity_previous_close, portfolio_fetched_at, updated_at)
-               VALUES (%s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (account) DO UPDATE
-               SET portfolio_value = EXCLUDED.portfolio_value, equity = EXCLUDED.equity,
-                   extended_hours_equity = EXCLUDED.extended_hours_equity,
-                   equity_previous_close = EXCLUDED.equity_previous_close,
-                   portfolio_fetched_at = EXCLUDED.portfolio_fetched_at,
-                   updated_at = greatest(trading_accounts.updated_at, EXCLUDED.updated_at)
-               WHERE trading_accounts.portfolio_fetched_at IS NULL
-                  OR trading_accounts.portfolio_fetched_at <= EXCLUDED.portfolio_fetched_at""",
-            (event.account, market_value, equity, extended, previous_close,
-             event.fetched_at, event.fetched_at),
-        )
-    the_day = market_day(event.fetched_at)
-    new = conn.execute(
-        """INSERT INTO balance_equity_samples (account, event_id, fetched_at, market_day, equity,
-                                               previous_close)
-           VALUES (%s, %s, %s, %s, %s, %s)
-           ON CONFLICT (account, event_id) DO NOTHING
-           RETURNING 1""",
-        (event.account, event.id, event.fetched_at, the_day, equity, previous_close),
-    ).fetchone()
-    if new is not None:  # each reading adjusts its day once, whatever the order
-        _add_reading(conn, event, the_day, equity, previous_close)
+    conn.execute(
+        """INSERT INTO trading_accounts (account, portfolio_value, equity, extended_hours_equity,
+               equity_previous_close, portfolio_fetched_at, updated_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s)
+           ON CONFLICT (account) DO UPDATE
+           SET portfolio_value = EXCLUDED.portfolio_value, equity = EXCLUDED.equity,
+               extended_hours_equity = EXCLUDED.extended_hours_equity,
+               equity_previous_close = EXCLUDED.equity_previous_close,
+               portfolio_fetched_at = EXCLUDED.portfolio_fetched_at,
+               updated_at = greatest(trading_accounts.updated_at, EXCLUDED.updated_at)
+           WHERE trading_accounts.portfolio_fetched_at IS NULL
+              OR trading_accounts.portfolio_fetched_at <= EXCLUDED.portfolio_fetched_at""",
+        (event.account, market_value, equity, extended, previous_close,
+         event.fetched_at, event.fetched_at),
+    )
+    _add_reading(conn, event, market_day(event.fetched_at), equity, previous_close)
 
 
 def _add_reading(conn: psycopg.Connection[Any], event: Event, the_day: Any, equity: Any,
                  previous_close: Any) -> None:
-    """Fold one reading into its day: the result does not depend on the order of readings."""
+    """Record the reading once and fold it into its day, whatever the order of readings."""
     conn.execute(
-        """INSERT INTO daily_portfolio_balances AS b (account, market_day, open_equity,
+        """WITH new AS (
+               INSERT INTO balance_equity_samples (account, event_id, fetched_at, market_day,
+                                                   equity, previous_close)
+               VALUES (%(a)s, %(id)s, %(t)s, %(d)s, %(e)s, %(pc)s)
+               ON CONFLICT (account, event_id) DO NOTHING
+               RETURNING 1)
+           INSERT INTO daily_portfolio_balances AS b (account, market_day, open_equity,
                high_equity, low_equity, close_equity, previous_close, samples, first_at, last_at,
                first_event_id, last_event_id)
-           VALUES (%(a)s, %(d)s, %(e)s, %(e)s, %(e)s, %(e)s, coalesce(%(pc)s, %(e)s), 1,
-                   %(t)s, %(t)s, %(id)s, %(id)s)
+           SELECT %(a)s, %(d)s, %(e)s, %(e)s, %(e)s, %(e)s, coalesce(%(pc)s, %(e)s), 1,
+                  %(t)s, %(t)s, %(id)s, %(id)s
+           FROM new
            ON CONFLICT (account, market_day) DO UPDATE
            SET high_equity = greatest(b.high_equity, EXCLUDED.high_equity),
                low_equity = least(b.low_equity, EXCLUDED.low_equity),

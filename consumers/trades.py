@@ -5,7 +5,8 @@ updated since the previous fetch, each with all its executions so far (see
 ``schema/payloads.py``). So:
 
 * ``trade_orders`` keeps each order at its newest broker ``updated_at`` (an older version
-  arriving later never overwrites it);
+  arriving later never overwrites it; ``fetched_at`` is that of the first snapshot that
+  brought the version kept);
 * ``trade_executions`` holds every execution once (primary key: the broker's execution id).
   Failed and rejected orders contribute no fills; a cancelled order's partial fills count.
   Option fills carry their multiplier (``trade_value_multiplier``, default 100). An order's fees
@@ -201,8 +202,12 @@ def parse_orders(event: Event, payload: Any) -> list[Order]:
 # ---- applying an orders snapshot ----------------------------------------------------------------
 
 
-def _store_order(conn: psycopg.Connection[Any], event: Event, o: Order) -> None:
-    conn.execute(
+def _store_order(conn: psycopg.Connection[Any], event: Event, o: Order) -> bool:
+    """Keep the order's newest version (by the broker's updated_at); True if this one was kept.
+
+    A version with the same updated_at as the kept one is the same version fetched again.
+    """
+    row = conn.execute(
         """INSERT INTO trade_orders (order_id, account, asset_type, symbol, side, direction, state,
                order_type, quantity, executed_quantity, average_price, fees, created_at,
                updated_at, fetched_at)
@@ -215,12 +220,12 @@ def _store_order(conn: psycopg.Connection[Any], event: Event, o: Order) -> None:
                created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
                fetched_at = EXCLUDED.fetched_at
            WHERE trade_orders.updated_at < EXCLUDED.updated_at
-              OR (trade_orders.updated_at = EXCLUDED.updated_at
-                  AND trade_orders.fetched_at <= EXCLUDED.fetched_at)""",
+           RETURNING 1""",
         (o.order_id, event.account, o.asset_type, o.symbol, o.side, o.direction, o.state,
          o.order_type, o.quantity, o.executed_quantity, o.average_price, o.fees, o.created_at,
          o.updated_at, event.fetched_at),
-    )
+    ).fetchone()
+    return row is not None
 
 
 def _insert_fills(conn: psycopg.Connection[Any], account: str, fills: tuple[Fill, ...]) -> set[str]:
@@ -274,10 +279,10 @@ def apply_orders(conn: psycopg.Connection[Any], event: Event, payload: Any) -> N
     orders = parse_orders(event, payload)  # the whole snapshot parses before anything is written
     dirty: set[str] = set()
     for o in orders:
-        _store_order(conn, event, o)
-        if o.state not in NO_FILL_STATES:
-            dirty |= _insert_fills(conn, event.account, o.fills)
-        dirty |= _allocate_fees(conn, o.order_id)
+        kept = _store_order(conn, event, o)
+        gained = _insert_fills(conn, event.account, o.fills) if o.state not in NO_FILL_STATES else set()
+        if kept or gained:  # the fees or the fills changed: spread the fees again
+            dirty |= gained | _allocate_fees(conn, o.order_id)
     for key in sorted(dirty):
         rematch(conn, event.account, key)
 

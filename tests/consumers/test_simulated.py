@@ -38,6 +38,10 @@ def test_simulated_history_applies_and_replays_identically(
     unvalued = rows(conn, "SELECT symbol FROM positions WHERE market_value IS NULL")
     assert unvalued == []
 
-    for name in NAMES:
+    for name in NAMES[:-1]:
         consumer = load(name)
         assert replay(conn, db_url, consumer) == live[name], name
+    # and through the command line, as an operator would
+    r = run_cli(["replay", "cache_invalidation"], cli_env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert tables(conn, load("cache_invalidation")) == live["cache_invalidation"]
