@@ -148,3 +148,9 @@ def test_replay_command_rebuilds_and_sends_nothing_again(conn, cli_env):
     assert again.returncode == 0, again.stderr
     assert "rebuilding from the first event; 3 events to apply" in again.stderr
     assert (state(conn), deliveries(conn), queued_messages(conn)) == live
+    listed = run_cli(["notify", "list"], env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2
+    assert "log      queued   x0 position_opened [5QR12345] Position opened: AAPL" in lines[0]
+    assert "buying_power_low" in lines[1]
