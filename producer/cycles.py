@@ -182,6 +182,14 @@ class Fetcher:
         result = CycleResult(started_at=client.transport.now(), source=client.source, kinds=kinds)
         try:
             self._cycle(kinds, result)
+        except Exception as exc:  # a response shaped so oddly that our code tripped on it
+            log.exception("cycle failed on an unexpected response")
+            err = FetchError(f"internal error on an unexpected response: {type(exc).__name__}: {exc}")
+            result.snapshots.clear()
+            for kind in kinds:
+                if result.outcomes.get(kind, Outcome()).status != "failed":
+                    result.outcomes[kind] = Outcome()
+                    result.fail(kind, None, err)
         finally:
             result.finished_at = client.transport.now()
             result.broker_calls = client.take_calls()
@@ -417,7 +425,8 @@ class Fetcher:
         items = _items(attempt.value)
         self._drift(result, "positions", items)
         try:
-            instruments = self._instruments_for((i["instrument"] for i in items if "instrument" in i), failed)
+            instruments = self._instruments_for(
+                (i["instrument"] for i in items if isinstance(i.get("instrument"), str)), failed)
         except FetchError as exc:
             result.fail(ev.STOCK_POSITIONS, acct, exc)
             return

@@ -292,3 +292,15 @@ def test_clock_drift_from_date_header_is_recorded_and_warned(
     drift = cycle_row(conn)["clock_drift_s"]
     assert 27 < drift < 33
     assert "local clock is" in caplog.text and "ahead of" in caplog.text
+
+
+def test_an_unexpected_shape_fails_the_cycle_instead_of_the_process(
+        fake_rh: FakeRobinhood, rh_settings: Settings, stored_session: Any, db_url: str,
+        conn: psycopg.Connection[Any]) -> None:
+    fake_rh.hooks["/accounts/"] = lambda path, q, n: (200, {}, json.dumps(
+        {"next": None, "previous": None, "results": [{"account_number": ["not", "a", "string"]}]}))
+    _, result = once(rh_settings, db_url)
+    assert result.status == "failed"
+    c = cycle_row(conn)
+    assert c["status"] == "failed" and "no active account" in c["error"]
+    assert rows(conn, "SELECT count(*) FROM staging_snapshots") == [(0,)]
