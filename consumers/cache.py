@@ -7,7 +7,7 @@ results, pagination links left out), the key's version for that account is bumpe
 ``cache_versions`` and, on commit, a notification is sent::
 
     NOTIFY brokersync_cache, '{"key": "positions", "account": "5QR12345", "version": 7,
-                               "event_id": 123, "changed_at": "2026-11-20T15:00:00+00:00"}'
+                               "event_id": 123, "changed_at": "2026-11-20T15:00:00.000000Z"}'
 
 Account ``"*"`` (quotes are market data, not an account's) means every account's entry for that
 key. A snapshot older than the newest one seen for its kind and account changes nothing (the
@@ -103,30 +103,37 @@ def handle(conn: psycopg.Connection[Any], event: Event) -> None:
     if _is_empty_delta(event.kind, content):
         return
     digest = content_hash(content)
-    changed = conn.execute(
-        """INSERT INTO cache_content_hashes AS h (kind, account, content_hash, fetched_at)
-           VALUES (%s, %s, %s, %s)
-           ON CONFLICT (kind, account) DO UPDATE
-           SET content_hash = EXCLUDED.content_hash, fetched_at = EXCLUDED.fetched_at
-           WHERE h.fetched_at <= EXCLUDED.fetched_at AND h.content_hash <> EXCLUDED.content_hash
-           RETURNING 1""",
-        (event.kind, event.account, digest, event.fetched_at),
-    ).fetchone()
-    if changed is None:
-        return  # same content, or older than what was seen
-    row = conn.execute(
-        """INSERT INTO cache_versions AS v (cache_key, account, version, changed_at, event_id)
-           VALUES (%s, %s, 1, %s, %s)
-           ON CONFLICT (cache_key, account) DO UPDATE
-           SET version = v.version + 1, changed_at = greatest(v.changed_at, EXCLUDED.changed_at),
-               event_id = EXCLUDED.event_id
-           RETURNING version, changed_at""",
-        (key, event.account, event.fetched_at, event.id),
-    ).fetchone()
-    assert row is not None
-    notice = {"key": key, "account": event.account, "version": int(row[0]),
-              "event_id": event.id, "changed_at": row[1].isoformat()}
-    conn.execute("SELECT pg_notify(%s, %s)", (CACHE_CHANNEL, orjson.dumps(notice).decode()))
+    # One statement: advance the kind's newest hash (a stale snapshot changes nothing), bump the
+    # key's version when the hash differs from the previous one, and NOTIFY (sent on commit).
+    conn.execute(
+        """WITH old AS (
+               SELECT content_hash FROM cache_content_hashes WHERE kind = %(kind)s AND account = %(a)s),
+           up AS (
+               INSERT INTO cache_content_hashes AS h (kind, account, content_hash, fetched_at)
+               VALUES (%(kind)s, %(a)s, %(hash)s, %(t)s)
+               ON CONFLICT (kind, account) DO UPDATE
+               SET content_hash = EXCLUDED.content_hash, fetched_at = EXCLUDED.fetched_at
+               WHERE h.fetched_at <= EXCLUDED.fetched_at
+               RETURNING content_hash),
+           changed AS (
+               SELECT 1 FROM up WHERE NOT EXISTS (
+                   SELECT 1 FROM old WHERE old.content_hash = up.content_hash)),
+           v AS (
+               INSERT INTO cache_versions AS v (cache_key, account, version, changed_at, event_id)
+               SELECT %(key)s, %(a)s, 1, %(t)s, %(id)s FROM changed
+               ON CONFLICT (cache_key, account) DO UPDATE
+               SET version = v.version + 1, changed_at = greatest(v.changed_at, EXCLUDED.changed_at),
+                   event_id = EXCLUDED.event_id
+               RETURNING version, changed_at)
+           SELECT pg_notify(%(channel)s, json_build_object(
+                      'key', %(key)s::text, 'account', %(a)s::text, 'version', v.version,
+                      'event_id', %(id)s::bigint,
+                      'changed_at', to_char(v.changed_at AT TIME ZONE 'UTC',
+                                            'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text)
+           FROM v""",
+        {"kind": event.kind, "a": event.account, "hash": digest, "t": event.fetched_at,
+         "key": key, "id": event.id, "channel": CACHE_CHANNEL},
+    )
 
 
 def reset(conn: psycopg.Connection[Any]) -> None:

@@ -66,9 +66,9 @@ def test_notify_on_the_documented_channel(db_url: str, conn: psycopg.Connection[
         listener.close()
     assert got == [
         {"key": "balances", "account": rh.ACCOUNT, "version": 1, "event_id": first,
-         "changed_at": T.isoformat()},
+         "changed_at": "2026-11-20T15:00:00.000000Z"},
         {"key": "balances", "account": rh.ACCOUNT, "version": 2, "event_id": third,
-         "changed_at": (T + timedelta(minutes=10)).isoformat()},
+         "changed_at": "2026-11-20T15:10:00.000000Z"},
     ]
 
 
