@@ -119,12 +119,15 @@ def cli_env(url: str, data: Path, **extra: str) -> dict[str, str]:
 
 
 def brokersync(args: list[str], env: dict[str, str], log: Path | None = None, **kw: Any) -> subprocess.Popen[bytes]:
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the process
     if sys.platform == "win32":
         kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         kw.pop("start_new_session", None)
-    return subprocess.Popen([sys.executable, "-m", "brokersync", *args], env=env, cwd=ROOT,
-                            stdout=out, stderr=subprocess.STDOUT, **kw)
+    if log is None:
+        return subprocess.Popen([sys.executable, "-m", "brokersync", *args], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, **kw)
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "brokersync", *args], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, **kw)
 
 
 def interrupt(proc: subprocess.Popen[bytes]) -> None:

@@ -10,7 +10,6 @@ commit to the moment the last consumer subscribed to its kind advanced past it.
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -116,11 +115,11 @@ class Pipeline:
     def start(self, components: list[tuple[str, tuple[str, ...]]], log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         for name, args in components:
-            out = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "brokersync", *args], env=self.env, cwd=ROOT,
-                stdout=out, stderr=subprocess.STDOUT,
-            )
+            with open(log_dir / f"{name}.log", "wb") as out:  # the child keeps its own descriptor
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "brokersync", *args], env=self.env, cwd=ROOT,
+                    stdout=out, stderr=subprocess.STDOUT,
+                )
 
     def stop(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}

@@ -109,6 +109,10 @@ class _Stopped(Exception):
     """Raised inside a batch transaction to roll it back when a stop was requested."""
 
 
+class _EventFailed(Exception):
+    """An event failed in an optimistic batch: roll it back and redo the batch carefully."""
+
+
 def advisory_key(name: str) -> str:
     return f"brokersync.consumer:{name}"
 
@@ -266,7 +270,19 @@ class Runner:
 
     # ---- one batch: one transaction ---------------------------------------------------------
     def _batch(self, conn: psycopg.Connection[Any]) -> tuple[int, bool, bool]:
-        """Apply up to batch_size events; return (applied, batch was full, events held back)."""
+        """Apply up to batch_size events; return (applied, batch was full, events held back).
+
+        Optimistic first: the whole batch runs without per-event savepoints (two round trips
+        saved per event, which is most of a replay's cost). If any event fails, that attempt
+        is rolled back whole and the same batch is run again carefully, one savepoint per
+        event, to apply what precedes the failing event and hand that one to the poison path.
+        """
+        try:
+            return self._batch_attempt(conn, careful=False)
+        except _EventFailed:
+            return self._batch_attempt(conn, careful=True)
+
+    def _batch_attempt(self, conn: psycopg.Connection[Any], *, careful: bool) -> tuple[int, bool, bool]:
         name = self.consumer.name
         kinds = list(self.consumer.kinds)
         failed: tuple[Event, BaseException] | None = None
@@ -294,14 +310,22 @@ class Runner:
                     if self.stop.is_set():
                         raise _Stopped
                     event = _event(row)
-                    try:
-                        with conn.transaction():  # a savepoint per event
+                    if careful:
+                        try:
+                            with conn.transaction():  # a savepoint per event
+                                self.consumer.handle(conn, event)
+                        except Exception as exc:
+                            if is_connection_error(exc):
+                                raise
+                            failed = (event, exc)
+                            break
+                    else:
+                        try:
                             self.consumer.handle(conn, event)
-                    except Exception as exc:
-                        if is_connection_error(exc):
-                            raise
-                        failed = (event, exc)
-                        break
+                        except Exception as exc:
+                            if is_connection_error(exc):
+                                raise
+                            raise _EventFailed from exc  # rolls the attempt back
                     last = event
                     applied += 1
                 if last is not None:
