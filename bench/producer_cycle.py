@@ -69,18 +69,21 @@ def cycles(url: str, work: Path, steady_cycles: int = 10) -> dict[str, Any]:
             producer.load_state(conn)
             t0 = time.perf_counter()
             cold = producer.cycle(conn, set(KINDS))
+            assert cold is not None
             cold_s = time.perf_counter() - t0
             times, calls = [], []
             for _ in range(steady_cycles):
                 limiter.tokens = limiter.capacity  # the 300 s between real cycles refill the bucket
                 t0 = time.perf_counter()
                 r = producer.cycle(conn, set(MAIN_KINDS))
+                assert r is not None
                 times.append(time.perf_counter() - t0)
                 calls.append(r.broker_calls)
                 assert r.status == "ok", r.error
             limiter.tokens = limiter.capacity
             t0 = time.perf_counter()
             hourly = producer.cycle(conn, set(KINDS))
+            assert hourly is not None
             hourly_s = time.perf_counter() - t0
     finally:
         producer.close()

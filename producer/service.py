@@ -105,8 +105,13 @@ class Producer:
             self.auth.rejected()
         return result
 
-    def cycle(self, conn: psycopg.Connection[Any], kinds: set[str]) -> CycleResult:
+    def cycle(self, conn: psycopg.Connection[Any], kinds: set[str]) -> CycleResult | None:
+        """Fetch and store one cycle; ``None`` when a stop interrupted it (nothing stored:
+        the next start fetches again, and the cycle log shows no failure that was not one)."""
         result = self.fetch(kinds)
+        if self.stop.is_set() and result.status != "ok":
+            log.info("stop requested during a cycle; its results are discarded")
+            return None
         if self.hashes is not None:
             apply_skip_identical(result, self.hashes)
         cycle_id = save_cycle(conn, result, self.cache)
@@ -150,7 +155,7 @@ class Producer:
                         due = set(self.schedule.due(now) | set(_all_kinds()))
                     if due:
                         last = self.cycle(conn, due)
-                        if once:
+                        if once or last is None:
                             return last
                     self.stop.wait(max(0.05, self.schedule.wait_seconds(self.transport.now())))
                 except Exception as exc:  # only connection errors are handled here

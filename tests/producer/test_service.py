@@ -64,3 +64,29 @@ def test_without_skip_every_fetch_is_appended(tmp_path: Path, db_url: str, conn:
         finally:
             p.close()
     assert conn.execute("SELECT count(*) FROM staging_snapshots").fetchone() == (26,)
+
+
+def test_a_stop_during_a_cycle_stores_nothing(tmp_path: Path, db_url: str, conn: psycopg.Connection[Any]) -> None:
+    settings = make_settings(tmp_path)
+    stop = threading.Event()
+    broker = SimBroker(SimWorld(1, datetime(2026, 11, 20, tzinfo=UTC)), clock=lambda: T, latency=0.3,
+                       sleep=lambda s: None if stop.wait(s) else None)
+    p = Producer(settings, stop, transport=broker)
+    calls_started = threading.Event()
+    real_get = broker.get
+
+    def get(*args: Any) -> Any:
+        calls_started.set()
+        return real_get(*args)
+
+    broker.get = get  # type: ignore[method-assign]
+    timer = threading.Thread(target=lambda: calls_started.wait(30) and stop.set())
+    timer.start()
+    try:
+        assert p.run(db_url) is None
+    finally:
+        timer.join()
+        p.close()
+    assert broker.calls > 0  # the cycle had begun
+    assert conn.execute("SELECT count(*) FROM producer_cycle_runs").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM staging_snapshots").fetchone() == (0,)
