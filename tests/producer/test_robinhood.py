@@ -304,3 +304,37 @@ def test_an_unexpected_shape_fails_the_cycle_instead_of_the_process(
     c = cycle_row(conn)
     assert c["status"] == "failed" and "no active account" in c["error"]
     assert rows(conn, "SELECT count(*) FROM staging_snapshots") == [(0,)]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_interactive_login_goes_through_robin_stocks_and_is_reused(
+        rh_settings: Settings, rh_session: Any, fake_rh: FakeRobinhood, db_url: str,
+        conn: psycopg.Connection[Any]) -> None:
+    import os
+    import stat
+
+    from producer.logincmd import run_login
+
+    posted: list[str] = []
+
+    def token(request: Any) -> Any:
+        posted.append(request.body)
+        return 200, {}, json.dumps({"access_token": "interactive-tok", "token_type": "Bearer",
+                                    "expires_in": 604800, "refresh_token": "r-2", "scope": "internal"})
+
+    fake_rh.rsps.add_callback(responses.POST, f"{API}/oauth2/token/", callback=token)
+    rh_session.headers.pop("Authorization", None)
+    assert run_login(Namespace(), rh_settings, _Terminal("")) == 0
+    assert len(posted) == 1 and "grant_type=password" in posted[0]
+    path = rh_settings.session_path / "robinhood.pickle"  # robin_stocks's own file
+    if os.name != "nt":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    rh_session.headers.pop("Authorization", None)
+    _, result = once(rh_settings, db_url)  # the service reuses it without logging in
+    assert result.status == "ok" and len(posted) == 1
+    seen = fake_rh.rsps.calls[-1].request.headers["Authorization"]
+    assert seen == "Bearer interactive-tok"
