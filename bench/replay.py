@@ -34,7 +34,7 @@ SIM_END = "2026-11-20T22:00:00+00:00"  # fixed, so every run replays the same hi
 def _with_db(url: str, name: str) -> str:
     params = conninfo_to_dict(url)
     params["dbname"] = name
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def _simulate(url: str, days: float, work: Path) -> None:
@@ -84,8 +84,25 @@ def rebuild(url: str, batch_size: int = 500) -> dict[str, Any]:
     return out
 
 
-def measure(days: float = 365) -> dict[str, Any]:
-    """Simulate ``days`` of history in a scratch database, then time the rebuild of all four."""
+def rebuild_parallel(url: str, work: Path) -> float:
+    """Rebuild the four at once, each as `brokersync replay NAME` (its own process); wall seconds."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BROKERSYNC_")}
+    env.update(BROKERSYNC_DATABASE_URL=url, BROKERSYNC_DATA_DIR=str(work / "data"))
+    began = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "brokersync", "replay", name], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name in CONSUMERS]
+    errors = [(name, p.communicate(timeout=3600)[1]) for name, p in zip(CONSUMERS, procs, strict=True)]
+    took = time.perf_counter() - began
+    failed = [f"{name}: {err[-500:]}" for (name, err), p in zip(errors, procs, strict=True) if p.returncode]
+    if failed:
+        raise RuntimeError("parallel replay failed: " + "; ".join(failed))
+    return round(took, 3)
+
+
+def measure(days: float = 365, parallel: bool = False) -> dict[str, Any]:
+    """Simulate ``days`` of history in a scratch database, then time the rebuild of all four
+    (one after the other; with ``parallel`` also all four at once as separate processes)."""
     work = Path(tempfile.mkdtemp(prefix="brokersync-bench-replay-"))
     embedded = None
     admin = os.environ.get("BROKERSYNC_DATABASE_URL")
@@ -108,7 +125,9 @@ def measure(days: float = 365) -> dict[str, Any]:
             row = c.execute("SELECT count(*) FROM staging_snapshots").fetchone()
         result = rebuild(url)
         key = "replay_year_s" if days == 365 else f"replay_{days:g}d_s"
+        extra = {f"{key[:-2]}_parallel_s": rebuild_parallel(url, work)} if parallel else {}
         return {
+            **extra,
             key: result["replay_s"],
             "replay_events_per_s": result["replay_events_per_s"],
             "replay_log_events": row[0] if row else 0,
@@ -124,7 +143,9 @@ def measure(days: float = 365) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-if __name__ == "__main__":  # python -m bench.replay [DAYS]
+if __name__ == "__main__":  # python -m bench.replay [DAYS] [--parallel]
     import json
 
-    print(json.dumps(measure(float(sys.argv[1]) if len(sys.argv) > 1 else 365), indent=2))
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    print(json.dumps(measure(float(args[0]) if args else 365, parallel="--parallel" in sys.argv),
+                     indent=2))
