@@ -84,7 +84,7 @@ def declare_actor(broker: Any, pool: ConnectionPool, settings: Settings, sink: s
     def send(message: Outgoing) -> None:
         build_sink(sink, settings).send(message)  # an unconfigured sink fails permanently
 
-    def run(delivery_id: int) -> str:
+    def run(delivery_id: int) -> None:  # dramatiq warns about return values without Results
         current = CurrentMessage.get_current_message()
         retries = int(current.options.get("retries", 0)) if current is not None else 0
         with pool.connection() as conn:
@@ -93,7 +93,6 @@ def declare_actor(broker: Any, pool: ConnectionPool, settings: Settings, sink: s
             log.info("delivery %s sent via %s", delivery_id, sink)
         elif outcome != "failed":
             log.info("delivery %s via %s: %s; skipped", delivery_id, sink, outcome)
-        return outcome
 
     run.__name__ = actor_name(sink)
     run.__module__ = __name__
