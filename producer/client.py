@@ -64,7 +64,7 @@ class BrokerClient:
 
     # ---- one request ---------------------------------------------------------------------
     def _send(self, url: str, params: dict[str, str] | None) -> Response:
-        if not self.limiter.acquire(self.stop):
+        if self.stop.is_set() or not self.limiter.acquire(self.stop):
             raise Stopped("stopping", url=url)
         with self._lock:
             self.calls += 1

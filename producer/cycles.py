@@ -2,7 +2,7 @@
 
 A cycle runs in waves so that concurrent requests overlap their latency: (1) the account
 list, the portfolio list and, per account, stock positions, option positions and orders;
-(2) instruments not in the cache; (3) quotes for the held symbols and option market data
+(2) instruments not in the cache (batched with ``?ids=``); (3) quotes for the held symbols and option market data
 (Greeks), both batched. With two accounts a steady-state cycle is 8 requests in two
 round-trips. Each (kind, account) either yields a complete envelope or a failure with its
 HTTP status; nothing partial becomes a snapshot. Persistence is the caller's
@@ -34,12 +34,15 @@ PER_ACCOUNT = (ev.STOCK_POSITIONS, ev.OPTION_POSITIONS, ev.ACCOUNT, ev.PORTFOLIO
                ev.STOCK_ORDERS, ev.OPTION_ORDERS)
 QUOTE_BATCH = 75  # symbols per /marketdata/quotes/ request
 OPTION_BATCH = 40  # instrument URLs per /marketdata/options/ request (URLs are long)
+INSTRUMENT_BATCH = 50  # ids per /instruments/?ids= (and /options/instruments/?ids=) request
 
 ACCOUNTS_URL = f"{API}/accounts/"
 PORTFOLIOS_URL = f"{API}/portfolios/"
 POSITIONS_URL = f"{API}/positions/"
 OPTION_POSITIONS_URL = f"{API}/options/aggregate_positions/"
 QUOTES_URL = f"{API}/marketdata/quotes/"
+INSTRUMENTS_URL = f"{API}/instruments/"
+OPTION_INSTRUMENTS_URL = f"{API}/options/instruments/"
 OPTION_MARKETDATA_URL = f"{API}/marketdata/options/"
 ORDERS_URL = f"{API}/orders/"
 OPTION_ORDERS_URL = f"{API}/options/orders/"
@@ -254,18 +257,21 @@ class Fetcher:
                 option_urls |= {leg["option"] for i in items for leg in i.get("legs") or []
                                 if isinstance(leg, dict) and isinstance(leg.get("option"), str)}
         inst_tasks: dict[Any, Callable[[], Any]] = {}
-        for url in self.cache.missing(stock_urls):
-            inst_tasks[("stock", url)] = _bind(self.client.get_object, url)
-        for url in self.cache.missing(option_urls):
-            inst_tasks[("option", url)] = _bind(self.client.get_object, url)
+        for ikind, urls, base in (("stock", self.cache.missing(stock_urls), INSTRUMENTS_URL),
+                                  ("option", self.cache.missing(option_urls), OPTION_INSTRUMENTS_URL)):
+            if urls:
+                inst_tasks[ikind] = _bind(self._instruments, base, urls)
         failed_instruments: dict[str, FetchError] = {}
-        for (ikind, url), attempt in self._run(inst_tasks).items():
+        for ikind, attempt in self._run(inst_tasks).items():
+            found, failed = attempt.value if attempt.error is None else ({}, {})
             if attempt.error is not None:
-                failed_instruments[url] = attempt.error
-            else:
-                endpoint = "instruments" if ikind == "stock" else "option_instruments"
-                self._drift(result, endpoint, [attempt.value])
-                self.cache.put(url, ikind, attempt.value, result.started_at)
+                failed = dict.fromkeys(self.cache.missing(stock_urls if ikind == "stock" else option_urls),
+                                       attempt.error)
+            failed_instruments.update(failed)
+            endpoint = "instruments" if ikind == "stock" else "option_instruments"
+            self._drift(result, endpoint, found.values())
+            for url, item in found.items():
+                self.cache.put(url, ikind, item, result.started_at)
 
         # symbols held, for quotes
         if ev.STOCK_POSITIONS in kinds or ev.OPTION_POSITIONS in kinds:
@@ -337,6 +343,42 @@ class Fetcher:
             log.info("broker accounts: %s", ", ".join(numbers))
             self.accounts = numbers
         return pages
+
+    def _instruments(self, base: str, urls: list[str]
+                     ) -> tuple[dict[str, dict[str, Any]], dict[str, FetchError]]:
+        """Instruments by URL: batched ``?ids=`` lookups, one by one for whatever a batch lacks.
+
+        A batch answer is used only when it is exactly what was asked (every result one of the
+        requested URLs, no further page); otherwise, e.g. if the endpoint ignored ``ids`` and
+        listed everything, the lookups fall back to ``{base}{id}/`` one at a time.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        failed: dict[str, FetchError] = {}
+        wanted = set(urls)
+        if len(urls) > 1:
+            for start in range(0, len(urls), INSTRUMENT_BATCH):
+                chunk = urls[start:start + INSTRUMENT_BATCH]
+                ids = [u.rstrip("/").rsplit("/", 1)[-1] for u in chunk]
+                try:
+                    page = self.client.get_object(base, {"ids": ",".join(ids)})
+                except FetchError as exc:
+                    if exc.status not in (400, 404):
+                        raise
+                    break  # the endpoint does not take ids: one by one
+                items = page.get("results")
+                if page.get("next") or not isinstance(items, list) or not all(
+                        isinstance(i, dict) and i.get("url") in wanted for i in items):
+                    log.warning("%s?ids= answered more than was asked; looking instruments up one by one",
+                                base)
+                    break
+                found.update({i["url"]: i for i in items})
+        for url in urls:
+            if url not in found:
+                try:
+                    found[url] = self.client.get_object(url)
+                except FetchError as exc:
+                    failed[url] = exc
+        return found, failed
 
     def _batched(self, url: str, param: str, values: list[str], size: int) -> list[dict[str, Any]]:
         pages: list[dict[str, Any]] = []

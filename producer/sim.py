@@ -122,6 +122,12 @@ class SimBroker:
                     return 400, {"detail": "Invalid account_number."}
                 rows = [self.position(acct, i) for i in sorted(acct.positions)]
                 return 200, self._paged(url, query, rows, 50)
+            case ["instruments"] if "ids" in query:
+                ids = [i for i in query["ids"].split(",") if i in w.instruments]
+                return 200, self._page([self.instrument(i) for i in ids])
+            case ["options", "instruments"] if "ids" in query:
+                ids = [i for i in query["ids"].split(",") if i in w.options]
+                return 200, self._page([self.option_instrument(w.options[i]) for i in ids])
             case ["instruments", iid] if iid in w.instruments:
                 return 200, self.instrument(iid)
             case ["marketdata", "quotes"]:

@@ -285,6 +285,13 @@ class FakeRobinhood:
             return 200, portfolio(segs[1])
         if segs == ["positions"]:
             return 200, self._paged(url, q, self.positions[q["account_number"]])
+        if segs == ["instruments"] and "ids" in q:
+            return 200, {"next": None, "previous": None,
+                         "results": [self.instruments[i] for i in q["ids"].split(",") if i in self.instruments]}
+        if segs == ["options", "instruments"] and "ids" in q:
+            return 200, {"next": None, "previous": None,
+                         "results": [self.option_instruments[i] for i in q["ids"].split(",")
+                                     if i in self.option_instruments]}
         if len(segs) == 2 and segs[0] == "instruments" and segs[1] in self.instruments:
             return 200, self.instruments[segs[1]]
         if segs == ["marketdata", "quotes"]:

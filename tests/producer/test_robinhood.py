@@ -256,8 +256,10 @@ def test_instrument_cache_second_cycle_makes_no_instrument_calls(
         fake_rh: FakeRobinhood, rh_settings: Settings, stored_session: Any, db_url: str,
         conn: psycopg.Connection[Any]) -> None:
     once(rh_settings, db_url)
-    first = fake_rh.count("/instruments/") + fake_rh.count("/options/instruments/")
-    assert first == 5  # AAPL, MSFT, SPY (positions and orders) + two option contracts
+    # AAPL, MSFT, SPY (positions and orders) in one ?ids= request, the two contracts in another
+    assert fake_rh.calls["/instruments/"] == 1 and fake_rh.calls["/options/instruments/"] == 1
+    asked = sorted(q["ids"] for p, q in fake_rh.queries if p == "/instruments/")
+    assert len(asked) == 1 and len(asked[0].split(",")) == 3
     assert rows(conn, "SELECT kind, count(*) FROM producer_instruments GROUP BY kind ORDER BY kind") == \
         [("option", 2), ("stock", 3)]
     fake_rh.calls.clear()
@@ -338,3 +340,18 @@ def test_interactive_login_goes_through_robin_stocks_and_is_reused(
     assert result.status == "ok" and len(posted) == 1
     seen = fake_rh.rsps.calls[-1].request.headers["Authorization"]
     assert seen == "Bearer interactive-tok"
+
+
+def test_instrument_batch_ignored_by_the_broker_falls_back_to_one_by_one(
+        fake_rh: FakeRobinhood, rh_settings: Settings, stored_session: Any, db_url: str,
+        conn: psycopg.Connection[Any]) -> None:
+    everything = [fake_rh.instruments[i] for i in sorted(fake_rh.instruments)]
+    fake_rh.hooks["/instruments/"] = lambda path, q, n: (200, {}, json.dumps(
+        {"next": f"{API}/instruments/?cursor=2", "previous": None, "results": everything})) \
+        if path == "/instruments/" else None
+    _, result = once(rh_settings, db_url)
+    assert result.status == "ok", result.error
+    one_by_one = [p for p in fake_rh.calls if p.startswith("/instruments/") and p != "/instruments/"]
+    assert len(one_by_one) == 3 and fake_rh.calls["/instruments/"] == 1  # no walk through the catalogue
+    cached = rows(conn, "SELECT symbol FROM producer_instruments WHERE kind = 'stock' ORDER BY symbol")
+    assert cached == [("AAPL",), ("MSFT",), ("SPY",)]
