@@ -71,7 +71,12 @@ class Producer:
         self.transport, self.auth = transport, auth
         policy = RetryPolicy(settings.producer_max_attempts, settings.producer_backoff,
                              timeout=settings.producer_timeout)
-        self.client = BrokerClient(transport, RateLimiter(settings.producer_rate_limit), policy, stop,
+        # The simulated broker gets a minute's burst, so a first cycle with a cold instrument
+        # cache (about 40 calls for two accounts) is not spread over 25 s in a demo; the rate
+        # itself is the same for both brokers.
+        burst = None if settings.effective_broker == "robinhood" else max(15, settings.producer_rate_limit)
+        limiter = RateLimiter(settings.producer_rate_limit, burst)
+        self.client = BrokerClient(transport, limiter, policy, stop,
                                    check_clock=getattr(transport, "wall_clock", True))
         self.cache = InstrumentCache()
         self.fetcher = Fetcher(self.client, self.cache, settings.producer_concurrency)
