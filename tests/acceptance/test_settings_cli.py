@@ -35,9 +35,10 @@ def test_invalid_value_names_the_variable_without_echoing_secrets(cli_env):
 
 def test_env_file_is_checked_too(cli_env, tmp_path):
     (tmp_path / ".env").write_text("BROKERSYNC_POLL_INTERVL=5\n")
-    from tests.conftest import ROOT
     import subprocess
     import sys
+
+    from tests.conftest import ROOT
 
     r = subprocess.run([sys.executable, "-m", "brokersync", "status"], cwd=tmp_path, env=cli_env,
                        capture_output=True, text=True, timeout=60)
