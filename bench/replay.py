@@ -27,7 +27,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
-CONSUMERS = ("positions", "balances", "trade_history", "cache_invalidation")
+CONSUMERS = ("positions", "balances", "trade_history", "cache_invalidation", "notifications")
 SIM_END = "2026-11-20T22:00:00+00:00"  # fixed, so every run replays the same history
 
 

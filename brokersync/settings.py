@@ -58,17 +58,21 @@ class Settings(BaseSettings):
     )
 
     # --- logging --------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR."
+    )
     log_dir: Path | None = Field(default=None, description="Default: BROKERSYNC_DATA_DIR/logs.")
     log_file: bool = Field(
         default=False,
         description="Also write a rotating log file per component (set by the service files).",
     )
-    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    log_backups: int = Field(default=5, ge=0)
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Rotate a log file at this size.")
+    log_backups: int = Field(default=5, ge=0, description="Rotated log files kept per component.")
 
     # --- consumer runtime -----------------------------------------------------------------
-    consumer_batch_size: int = Field(default=500, ge=1, le=100_000)
+    consumer_batch_size: int = Field(
+        default=500, ge=1, le=100_000, description="Events applied per transaction."
+    )
     consumer_poll_interval: float = Field(
         default=30.0, gt=0, description="Seconds between catch-up polls when no NOTIFY arrives."
     )
@@ -78,15 +82,17 @@ class Settings(BaseSettings):
     consumer_retry_backoff: float = Field(
         default=0.5, ge=0, description="First retry delay in seconds; doubles per attempt."
     )
-    reconnect_max_backoff: float = Field(default=30.0, gt=0)
+    reconnect_max_backoff: float = Field(
+        default=30.0, gt=0, description="Longest wait (s) between database reconnect attempts."
+    )
 
     # --- broker / producer ----------------------------------------------------------------
     broker: Literal["auto", "simulated", "robinhood"] = Field(
         default="auto",
         description="auto: Robinhood when BROKERSYNC_ROBINHOOD_USERNAME is set, else simulated.",
     )
-    robinhood_username: str | None = None
-    robinhood_password: SecretStr | None = None
+    robinhood_username: str | None = Field(default=None, description="Robinhood login e-mail; set: use Robinhood.")
+    robinhood_password: SecretStr | None = Field(default=None, description="Robinhood password.")
     robinhood_mfa_secret: SecretStr | None = Field(
         default=None, description="Base32 TOTP secret, for accounts with an authenticator app."
     )
@@ -151,7 +157,7 @@ class Settings(BaseSettings):
     sim_slow_rate: float = Field(
         default=0.0, ge=0, le=1, description="Share of simulated calls that take SIM_SLOW_SECONDS."
     )
-    sim_slow_seconds: float = Field(default=3.0, ge=0)
+    sim_slow_seconds: float = Field(default=3.0, ge=0, description="Duration (s) of a slow simulated call.")
 
     # --- notifications ---------------------------------------------------------------------
     # Rules run in the `notifications` consumer; delivery in `brokersync worker` (dramatiq).
@@ -164,15 +170,15 @@ class Settings(BaseSettings):
     )
     notify_webhook_url: str | None = Field(default=None, description="Receives a JSON POST.")
     notify_telegram_token: SecretStr | None = None
-    notify_telegram_chat_id: str | None = None
-    notify_telegram_base_url: str = "https://api.telegram.org"
-    notify_smtp_host: str | None = None
-    notify_smtp_port: int = Field(default=587, ge=1, le=65535)
-    notify_smtp_user: str | None = None
+    notify_telegram_chat_id: str | None = Field(default=None, description="Telegram chat that receives the messages (required for telegram).")
+    notify_telegram_base_url: str = Field(default="https://api.telegram.org", description="Bot API base URL (a proxy or a local Bot API server).")
+    notify_smtp_host: str | None = Field(default=None, description="SMTP server (required for email).")
+    notify_smtp_port: int = Field(default=587, ge=1, le=65535, description="SMTP port.")
+    notify_smtp_user: str | None = Field(default=None, description="SMTP login user (login when user and password are set).")
     notify_smtp_password: SecretStr | None = None
-    notify_smtp_from: str | None = None
+    notify_smtp_from: str | None = Field(default=None, description="Sender address (required for email).")
     notify_smtp_to: str | None = Field(default=None, description="Comma-separated recipients.")
-    notify_smtp_starttls: bool = True
+    notify_smtp_starttls: bool = Field(default=True, description="Use STARTTLS.")
     notify_timeout: float = Field(default=10.0, gt=0, description="Seconds per sink call.")
     notify_max_retries: int = Field(default=6, ge=0, description="Retries per delivery.")
     notify_min_backoff: float = Field(default=2.0, gt=0, description="First retry delay (s).")
@@ -183,11 +189,11 @@ class Settings(BaseSettings):
     notify_option_pnl_move_pct: float = Field(
         default=25.0, gt=0, description="The same for option positions (options move more)."
     )
-    notify_option_expiry_days: int = Field(default=3, ge=0)
+    notify_option_expiry_days: int = Field(default=3, ge=0, description="Alert when an option position expires within this many days.")
     notify_buying_power_floor: float | None = Field(
         default=None, description="Alert when buying power goes under it. Unset: off."
     )
-    notify_producer_failing_cycles: int = Field(default=3, ge=1)
+    notify_producer_failing_cycles: int = Field(default=3, ge=1, description="Alert when this many producer cycles in a row failed or were partial.")
     notify_data_age_minutes: float = Field(
         default=90.0, gt=0,
         description="Alert when the newest snapshot is older. Keep it above the producer's "
@@ -203,7 +209,7 @@ class Settings(BaseSettings):
         description="Older events (a first catch-up of history) are recorded as expired, not sent.",
     )
     notify_tick_interval: float = Field(default=60.0, gt=0, description="Time-based rule checks (s).")
-    notify_worker_threads: int = Field(default=2, ge=1, le=64)
+    notify_worker_threads: int = Field(default=2, ge=1, le=64, description="Delivery threads in the worker.")
     notify_worker_heartbeat_ttl: float = Field(
         default=60.0, gt=0, description="A worker silent this long is dead: its messages requeue."
     )

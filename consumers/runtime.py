@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 
 from brokersync.db import connect, is_connection_error
 from brokersync.signals import Backoff
@@ -47,6 +48,7 @@ ConnHook = Callable[[psycopg.Connection[Any]], None]
 WAIT_SLICE = 1.0  # seconds: how often an idle wait checks the stop event (stop latency)
 HELD_BACK_RECHECK = 0.02  # committed events held behind an older running transaction
 HEARTBEAT_EVERY = 10.0
+VACUUM_EVERY = 2000  # events applied between VACUUMs of the consumer's tables while catching up
 
 
 @dataclass(frozen=True)
@@ -210,17 +212,41 @@ class Runner:
 
     # ---- the inner loop: catch up, then wait for a NOTIFY or the poll ------------------------
     def _loop(self, conn: psycopg.Connection[Any]) -> None:
+        since_vacuum = 0
         while not self.stop.is_set():
             self._retry_requested(conn)
             applied, full, held_back = self._batch(conn)
             if self.stop.is_set():
                 return
+            since_vacuum += applied
+            if since_vacuum >= VACUUM_EVERY:
+                since_vacuum = 0
+                self._vacuum(conn)
             if full or applied:
                 continue  # more may be waiting: read again before sleeping
             if self.exit_when_idle and not held_back:
                 return
             self._idle_work(conn)
             self._wait(conn, HELD_BACK_RECHECK if held_back else self.config.poll_interval)
+
+    def _vacuum(self, conn: psycopg.Connection[Any]) -> None:
+        """VACUUM the consumer's own tables while it catches up (a replay, a long outage).
+
+        Handlers update the same few rows (a position, an account) for every event; at
+        thousands of events a second autovacuum (one pass a minute) falls far behind, every
+        scan walks thousands of dead row versions, and a replay slows to a crawl. Between
+        batches the connection is in autocommit, so VACUUM can run; small tables take a
+        millisecond or two.
+        """
+        for table in self.consumer.tables:
+            try:
+                conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(table)))
+            except psycopg.errors.InsufficientPrivilege:
+                return  # not the owner (a shared server): autovacuum will do
+            except psycopg.Error as exc:
+                if is_connection_error(exc):
+                    raise
+                log.debug("%s: VACUUM %s failed: %s", self.consumer.name, table, exc)
 
     def _idle_work(self, conn: psycopg.Connection[Any]) -> None:
         now = time.monotonic()
