@@ -142,7 +142,7 @@ def run(only: set[str], quick: bool) -> dict[str, Any]:
             print(f"replay: rebuild every consumer from {days} simulated days ...", file=sys.stderr)
             from bench import replay
 
-            results.update(replay.measure(days=days))
+            results.update(replay.measure(days=days, parallel=True))
     finally:
         server.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -140,7 +141,13 @@ def cmd_psql(args: argparse.Namespace, settings: Settings) -> int:
         for key, var in mapping.items():
             if params.get(key):
                 env[var] = str(params[key])
-        return subprocess.call([exe, *extra], env=env)
+        # Ctrl+C belongs to psql (it cancels the running query); we only wait for it.
+        proc = subprocess.Popen([exe, *extra], env=env)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return proc.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _expected_consumers() -> list[str]:
@@ -172,13 +179,20 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.runtime import Runner, RuntimeConfig
     from schema import migrate
 
+    if args.name == "all":
+        return _replay_all(args, settings)
     consumer = consumers.load(args.name)
     stop = threading.Event()
     install_stop_handlers(stop)
     with Database(settings) as db, db.connect(autocommit=True) as conn:
         migrate(conn)
         r = rewind(conn, consumer, from_id=args.from_id, since=args.since)
-        what = "rebuilding from the first event" if r.full else f"rewound to just before event {r.position[1] + 1}"
+        if r.full:
+            what = "rebuilding from the first event"
+        elif r.moved:
+            what = f"rewound to just before event {r.position[1] + 1}"
+        else:
+            what = "already before that point (not moved)"
         print(f"{consumer.name}: {what}; {r.events_to_apply} events to apply", file=sys.stderr)
         progress = Progress(consumer.name, r.events_to_apply)
         if consumer_is_active(conn, consumer.name):
@@ -197,6 +211,27 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             runner.run()
         progress.done()
     return 0
+
+
+def _replay_all(args: argparse.Namespace, settings: Settings) -> int:
+    """Rebuild every consumer at once: one `brokersync replay NAME` process each."""
+    import consumers
+    from brokersync.supervisor import child_env
+
+    names = consumers.names()
+    extra = (["--from-id", str(args.from_id)] if args.from_id is not None
+             else ["--since", args.since.isoformat()] if args.since is not None else [])
+    with Database(settings) as db:
+        env = child_env(db.url())
+        began = time.monotonic()
+        procs = {name: subprocess.Popen([sys.executable, "-m", "brokersync", "replay", name, *extra],
+                                        env=env) for name in names}
+        codes = {name: p.wait() for name, p in procs.items()}
+    failed = [f"{n} (exit {c})" for n, c in codes.items() if c != 0]
+    print(f"replayed {len(names) - len(failed)} of {len(names)} consumers in "
+          f"{time.monotonic() - began:.1f}s" + (f"; failed: {', '.join(failed)}" if failed else ""),
+          file=sys.stderr)
+    return exitcodes.RET_ERROR if failed else 0
 
 
 class Progress:
@@ -265,6 +300,22 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    from brokersync.ops import retention
+
+    with Database(settings) as db, db.connect(autocommit=True) as conn:
+        r = retention(conn, args.before, _expected_consumers(), delete=args.yes)
+    print(f"snapshots fetched before {args.before.isoformat()}: {r.deletable} applied by every "
+          f"consumer, {r.held_by_cursor} not yet applied (kept), {r.held_by_dead_letters} "
+          f"held by dead letters (kept)")
+    if args.yes:
+        print(f"deleted {r.deleted} snapshots")
+    else:
+        print("dry run: nothing deleted; add --yes to delete them. A full replay afterwards "
+              "rebuilds only from the snapshots that are kept.")
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------------------
 
 
@@ -299,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status, component="status")
 
     s = sub.add_parser("replay", help="rewind a consumer and rebuild its tables from the event log")
-    s.add_argument("name")
+    s.add_argument("name", help="a consumer, or 'all' to rebuild every consumer at once (in parallel)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--from-id", type=int, metavar="N", help="re-apply events from id N on")
     g.add_argument("--since", type=_parse_time, metavar="TIME", help="re-apply events fetched at or after TIME")
@@ -317,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--consumer")
     d.add_argument("--all", action="store_true")
     s.set_defaults(func=cmd_dlq, component="dlq")
+
+    s = sub.add_parser("retention", help="delete old snapshots every consumer has applied (dry run by default)")
+    s.add_argument("--before", type=_parse_time, required=True, metavar="TIME",
+                   help="snapshots fetched before TIME (ISO date or time)")
+    s.add_argument("--yes", action="store_true", help="really delete (default: only count)")
+    s.set_defaults(func=cmd_retention, component="retention")
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
@@ -344,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # Through the logger, not a bare traceback: redacted, and in the service's log file.
+        log.exception("unexpected error")
+        return exitcodes.RET_ERROR
 
 
 def run() -> None:

@@ -15,13 +15,13 @@ import orjson
 import psycopg
 from psycopg.types.json import set_json_dumps, set_json_loads
 
-from brokersync.errors import DatabaseUnavailable
+from brokersync.errors import ConfigError, DatabaseUnavailable
 from brokersync.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
@@ -82,12 +82,22 @@ def connect(url: str, *, autocommit: bool = False, application_name: str = "brok
             autocommit=autocommit,
             application_name=application_name,
             connect_timeout=connect_timeout,
+            # A standby must notice a dead active instance (power loss, network split) in
+            # about a minute, not after the kernel's two-hour default.
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
         )
     except psycopg.OperationalError as exc:
         # psycopg's message can quote the conninfo: redact before it reaches a log.
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {redact_url(url)}: {redact_url(str(exc)).strip()}"
-        ) from None
+        detail = redact_url(str(exc)).strip()
+        if getattr(exc, "sqlstate", None) in ("28P01", "28000", "3D000") or "password authentication failed" in detail:
+            raise ConfigError(
+                f"PostgreSQL at {redact_url(url)} refused the login or the database: {detail}. "
+                f"Check BROKERSYNC_DATABASE_URL."
+            ) from None
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact_url(url)}: {detail}") from None
     configure(conn)
     return conn
 
@@ -101,6 +111,20 @@ def connection(url: str, **kwargs: Any) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
+# SQLSTATEs that mean the server ended our session (admin/crash shutdown, cannot connect now).
+_SESSION_GONE = {"57P01", "57P02", "57P03"}
+
+
 def is_connection_error(exc: BaseException) -> bool:
-    """True for errors that mean "the connection is gone", not "this event is bad"."""
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | DatabaseUnavailable)
+    """True for errors that mean "the connection is gone", not "this event is bad".
+
+    psycopg's OperationalError also covers statement errors (query cancelled, lock timeout,
+    program limit exceeded): those are the event's problem and go to the retry/dead-letter
+    path, or a poison event would loop on "reconnecting" forever.
+    """
+    if isinstance(exc, DatabaseUnavailable | psycopg.InterfaceError):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = getattr(exc, "sqlstate", None)
+        return state is None or state.startswith("08") or state in _SESSION_GONE
+    return False

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import psycopg
 
 from brokersync.errors import BrokersyncError
@@ -160,6 +161,7 @@ class Rewind:
     full: bool
     position: tuple[int, int]
     events_to_apply: int
+    moved: bool = True
 
 
 def rewind(
@@ -181,7 +183,12 @@ def rewind(
                ON CONFLICT (consumer) DO NOTHING""",
             (consumer.name, list(consumer.kinds)),
         )
-        conn.execute("SELECT 1 FROM consumer_cursors WHERE consumer = %s FOR UPDATE", (consumer.name,))
+        current_row = conn.execute(
+            "SELECT tx_id::text::bigint, last_id FROM consumer_cursors WHERE consumer = %s FOR UPDATE",
+            (consumer.name,),
+        ).fetchone()
+        assert current_row is not None
+        current = (int(current_row[0]), int(current_row[1]))
         if full:
             if consumer.reset is None:
                 raise BrokersyncError(
@@ -199,7 +206,10 @@ def rewind(
             ).fetchone()
             if row is None:
                 raise BrokersyncError("no event at or after that point; nothing to replay")
-            position = (int(row[0]), int(row[1]) - 1)
+            # Never forward: a consumer still behind that point keeps its cursor (moving it
+            # would skip the events in between), and the current cursor is below any
+            # transaction still in flight, so nothing uncommitted is stepped over either.
+            position = min(current, (int(row[0]), int(row[1]) - 1))
         conn.execute(
             """UPDATE consumer_cursors
                SET tx_id = %s::text::xid8, last_id = %s, updated_at = now(),
@@ -216,8 +226,9 @@ def rewind(
                 (consumer.name,),
             )
         behind = events_behind(conn, consumer.name)
-        conn.execute("SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, f'{{"consumer": "{consumer.name}", "op": "rewind"}}'))
-    return Rewind(consumer.name, full, position, behind)
+        conn.execute("SELECT pg_notify(%s, %s)",
+                     (CONTROL_CHANNEL, orjson.dumps({"consumer": consumer.name, "op": "rewind"}).decode()))
+    return Rewind(consumer.name, full, position, behind, moved=full or position < current)
 
 
 def events_behind(conn: psycopg.Connection[Any], name: str) -> int:
@@ -251,5 +262,73 @@ def dlq_retry(conn: psycopg.Connection[Any], ids: list[int], consumer: str | Non
             (ids, ids, consumer, consumer),
         ).fetchall()
         for name in sorted({r[1] for r in rows}):
-            conn.execute("SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, f'{{"consumer": "{name}", "op": "retry"}}'))
+            conn.execute("SELECT pg_notify(%s, %s)",
+                         (CONTROL_CHANNEL, orjson.dumps({"consumer": name, "op": "retry"}).decode()))
     return [(int(r[0]), str(r[1])) for r in rows]
+
+
+# ---- retention -----------------------------------------------------------------------------
+
+
+@dataclass
+class Retention:
+    deletable: int
+    held_by_cursor: int
+    held_by_dead_letters: int
+    deleted: int
+
+
+def retention(
+    conn: psycopg.Connection[Any], before: datetime, consumers: list[str], *, delete: bool
+) -> Retention:
+    """Delete snapshots fetched before ``before`` that every consumer has already applied.
+
+    The one documented way rows leave the event log. A snapshot stays while any consumer's
+    cursor has not passed it, or while an unresolved dead letter points at it. A full replay
+    afterwards rebuilds only from what is kept.
+    """
+    with conn.transaction():
+        # Every known consumer must have a cursor: one that never ran has applied nothing.
+        # FOR SHARE: a concurrent rewind (replay) waits, so no row it needs is deleted under it
+        known = {r[0] for r in conn.execute("SELECT consumer FROM consumer_cursors FOR SHARE")}
+        missing = [c for c in consumers if c not in known]
+        if missing:
+            raise BrokersyncError(
+                f"consumer(s) {', '.join(missing)} never ran: they have not applied these "
+                f"snapshots yet; run them first (or brokersync up)"
+            )
+        rows = conn.execute(
+            """WITH old AS (
+                   SELECT s.id,
+                          EXISTS (SELECT 1 FROM consumer_cursors c
+                                   WHERE (cardinality(c.kinds) = 0 OR s.kind = ANY (c.kinds))
+                                     AND (s.tx_id, s.id) > (c.tx_id, c.last_id)) AS unapplied,
+                          EXISTS (SELECT 1 FROM consumer_dead_letters d
+                                   WHERE d.event_id = s.id AND d.resolved_at IS NULL) AS dead
+                   FROM staging_snapshots s WHERE s.fetched_at < %s)
+               SELECT count(*) FILTER (WHERE NOT unapplied AND NOT dead),
+                      count(*) FILTER (WHERE unapplied),
+                      count(*) FILTER (WHERE dead AND NOT unapplied)
+               FROM old""",
+            (before,),
+        ).fetchone()
+        assert rows is not None
+        deleted = 0
+        if delete and rows[0]:
+            conn.execute("SET LOCAL brokersync.retention = 'on'")
+            conn.execute(
+                """DELETE FROM consumer_dead_letters d USING staging_snapshots s
+                   WHERE d.event_id = s.id AND d.resolved_at IS NOT NULL AND s.fetched_at < %s""",
+                (before,),
+            )
+            cur = conn.execute(
+                """DELETE FROM staging_snapshots s
+                   WHERE s.fetched_at < %s
+                     AND NOT EXISTS (SELECT 1 FROM consumer_cursors c
+                                      WHERE (cardinality(c.kinds) = 0 OR s.kind = ANY (c.kinds))
+                                        AND (s.tx_id, s.id) > (c.tx_id, c.last_id))
+                     AND NOT EXISTS (SELECT 1 FROM consumer_dead_letters d WHERE d.event_id = s.id)""",
+                (before,),
+            )
+            deleted = cur.rowcount
+    return Retention(int(rows[0]), int(rows[1]), int(rows[2]), deleted)

@@ -249,6 +249,15 @@ class Settings(BaseSettings):
                 plain = value.get_secret_value()
                 if plain:
                     out.append(plain)
+        if self.database_url is not None:  # the password inside the URL, on its own
+            try:
+                from psycopg.conninfo import conninfo_to_dict
+
+                password = conninfo_to_dict(self.database_url.get_secret_value()).get("password")
+            except Exception:  # an unparsable URL fails later, with a clear message
+                password = None
+            if password:
+                out.append(str(password))
         return out
 
 

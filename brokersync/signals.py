@@ -23,6 +23,8 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
     if hasattr(signal, "SIGBREAK"):  # Windows: CTRL_BREAK_EVENT, what NSSM sends after Ctrl+C
         signal.signal(signal.SIGBREAK, handler)
+    if hasattr(signal, "SIGHUP"):  # the terminal closed: stop cleanly instead of dying mid-batch
+        signal.signal(signal.SIGHUP, handler)
 
 
 class Backoff:

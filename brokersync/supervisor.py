@@ -19,12 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from brokersync.components import Component
-from brokersync.exitcodes import RET_CONFIG, RET_OK
+from brokersync.exitcodes import RET_CONFIG, RET_OK, RET_USAGE
 
 log = logging.getLogger("brokersync.up")
 
 STOP_GRACE = 15.0  # seconds each component gets to drain before it is killed
 STABLE_AFTER = 60.0  # a component that ran this long gets its backoff reset
+# Exit codes that a restart cannot fix.
+NO_RESTART = {RET_CONFIG: "configuration error", RET_USAGE: "bad command line"}
 WINDOWS = sys.platform == "win32"
 
 
@@ -68,9 +70,18 @@ class Supervisor:
         log.info("started %s (pid %d)", child.component.name, child.proc.pid)
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.shutdown()  # whatever happened, never leave children behind
+
+    def _run(self) -> int:
         for child in self.children:
             self._spawn(child)
         while not self.stop.wait(0.2):
+            if self.children and all(c.given_up for c in self.children):
+                log.error("every component has given up; stopping")
+                break
             now = time.monotonic()
             for child in self.children:
                 if child.given_up:
@@ -87,12 +98,11 @@ class Supervisor:
                     continue
                 child.history.append(code)
                 child.proc = None
-                if code == RET_CONFIG:
+                if code in NO_RESTART:
                     child.given_up = True
                     log.error(
-                        "%s exited with a configuration error (78); not restarting it. "
-                        "Fix the configuration and run again.",
-                        child.component.name,
+                        "%s exited with code %d (%s); not restarting it. Fix it and run again.",
+                        child.component.name, code, NO_RESTART[code],
                     )
                     continue
                 delay = child.backoff
@@ -101,8 +111,7 @@ class Supervisor:
                 log.warning(
                     "%s exited with code %s; restarting in %.1fs", child.component.name, code, delay
                 )
-        self.shutdown()
-        return RET_OK
+        return RET_CONFIG if any(c.given_up for c in self.children) else RET_OK
 
     def shutdown(self) -> None:
         running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from brokersync.db import connect, is_connection_error
 from brokersync.signals import Backoff
@@ -47,6 +47,7 @@ ConnHook = Callable[[psycopg.Connection[Any]], None]
 
 WAIT_SLICE = 1.0  # seconds: how often an idle wait checks the stop event (stop latency)
 HELD_BACK_RECHECK = 0.02  # committed events held behind an older running transaction
+HELD_BACK_WARN = 30.0  # seconds held back before saying which transaction holds them
 HEARTBEAT_EVERY = 10.0
 VACUUM_EVERY = 2000  # events applied between VACUUMs of the consumer's tables while catching up
 
@@ -111,6 +112,10 @@ class _Stopped(Exception):
     """Raised inside a batch transaction to roll it back when a stop was requested."""
 
 
+class HandlerError(Exception):
+    """A handler broke the runtime's contract (e.g. swallowed a database error)."""
+
+
 class _EventFailed(Exception):
     """An event failed in an optimistic batch: roll it back and redo the batch carefully."""
 
@@ -162,7 +167,18 @@ class Runner:
                     "%s: database connection lost (%s); reconnecting in %.1fs",
                     self.consumer.name, str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__, delay,
                 )
-                self.stop.wait(delay)
+                self._sleep(delay)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True when stopped. In slices: on Windows a console control
+        event does not interrupt a long Event.wait, so the stop handler would run late."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.stop.wait(min(0.5, remaining))
+        return True
 
     def _session(self, backoff: Backoff) -> None:
         conn = connect(self.url, autocommit=True, application_name=f"brokersync:{self.consumer.name}")
@@ -197,7 +213,7 @@ class Runner:
             if not said:
                 log.info("%s: another instance is active; waiting as a standby", self.consumer.name)
                 said = True
-            self.stop.wait(1.0)
+            self._sleep(1.0)
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(
@@ -213,6 +229,8 @@ class Runner:
     # ---- the inner loop: catch up, then wait for a NOTIFY or the poll ------------------------
     def _loop(self, conn: psycopg.Connection[Any]) -> None:
         since_vacuum = 0
+        held_wait = HELD_BACK_RECHECK
+        held_since: float | None = None
         while not self.stop.is_set():
             self._retry_requested(conn)
             applied, full, held_back = self._batch(conn)
@@ -227,7 +245,31 @@ class Runner:
             if self.exit_when_idle and not held_back:
                 return
             self._idle_work(conn)
-            self._wait(conn, HELD_BACK_RECHECK if held_back else self.config.poll_interval)
+            if not held_back:
+                held_wait, held_since = HELD_BACK_RECHECK, None
+                self._wait(conn, self.config.poll_interval)
+                continue
+            # Committed events wait behind an older transaction that is still open: recheck
+            # soon, backing off to 1 s, and say who holds them when it lasts.
+            now = time.monotonic()
+            if held_since is None:
+                held_since = now
+            elif now - held_since > HELD_BACK_WARN:
+                self._warn_held_back(conn)
+                held_since = now
+            self._wait(conn, held_wait)
+            held_wait = min(1.0, held_wait * 2)
+
+    def _warn_held_back(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(
+            """SELECT pid, application_name, state, now() - xact_start, left(query, 80)
+               FROM pg_stat_activity WHERE backend_xid IS NOT NULL
+               ORDER BY age(backend_xid) DESC LIMIT 1"""
+        ).fetchone()
+        who = (f"backend pid {row[0]} ({row[1] or 'no name'}, {row[2]}, open for {row[3]}): {row[4]!r}"
+               if row else "an open transaction")
+        log.warning("%s: committed events are held back behind %s; they are applied once it ends",
+                    self.consumer.name, who)
 
     def _vacuum(self, conn: psycopg.Connection[Any]) -> None:
         """VACUUM the consumer's own tables while it catches up (a replay, a long outage).
@@ -239,10 +281,8 @@ class Runner:
         millisecond or two.
         """
         for table in self.consumer.tables:
-            try:
+            try:  # not the owner (a shared server): VACUUM only warns, autovacuum will do
                 conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(table)))
-            except psycopg.errors.InsufficientPrivilege:
-                return  # not the owner (a shared server): autovacuum will do
             except psycopg.Error as exc:
                 if is_connection_error(exc):
                     raise
@@ -339,7 +379,7 @@ class Runner:
                     if careful:
                         try:
                             with conn.transaction():  # a savepoint per event
-                                self.consumer.handle(conn, event)
+                                self._apply(conn, event)
                         except Exception as exc:
                             if is_connection_error(exc):
                                 raise
@@ -347,7 +387,7 @@ class Runner:
                             break
                     else:
                         try:
-                            self.consumer.handle(conn, event)
+                            self._apply(conn, event)
                         except Exception as exc:
                             if is_connection_error(exc):
                                 raise
@@ -377,6 +417,21 @@ class Runner:
             return applied, True, False
         return applied, full, held_back
 
+    def _apply(self, conn: psycopg.Connection[Any], event: Event) -> None:
+        """Run the handler; fail loudly if it swallowed a database error.
+
+        A handler that catches a database exception leaves the transaction aborted; releasing
+        the savepoint or advancing the cursor would then fail with "current transaction is
+        aborted" and the consumer would crash-loop on the batch. Raising here, inside the
+        savepoint block, rolls the savepoint back and sends the event down the poison path.
+        """
+        self.consumer.handle(conn, event)
+        if conn.info.transaction_status == pq.TransactionStatus.INERROR:
+            raise HandlerError(
+                f"the {self.consumer.name} handler caught a database error and carried on; "
+                f"the transaction is aborted (let database errors propagate)"
+            )
+
     def _advance(self, conn: psycopg.Connection[Any], last: Event, applied: int) -> None:
         conn.execute(
             """UPDATE consumer_cursors
@@ -393,14 +448,14 @@ class Runner:
         log.warning("%s: event %s (%s) failed: %s", name, event.id, event.kind, _short(exc))
         while attempts < self.config.max_attempts:
             delay = self.config.retry_backoff * (2 ** (attempts - 1))
-            if self.stop.wait(delay):
+            if self._sleep(delay):
                 return  # the cursor stays before the event: the next run retries it
             try:
                 with conn.transaction():
                     if not self._cursor_is_just_before(conn, event):
                         return  # rewound or moved meanwhile (replay): the loop re-reads
                     with conn.transaction():
-                        self.consumer.handle(conn, event)
+                        self._apply(conn, event)
                     self._advance(conn, event, 1)
                 log.info("%s: event %s applied on attempt %d", name, event.id, attempts + 1)
                 self.applied_total += 1
@@ -463,8 +518,17 @@ class Runner:
             dl_id, event = row[0], _event(row[1:])
             try:
                 with conn.transaction():
+                    # lock the dead letter and the cursor: a replay rewinding meanwhile waits
+                    still = conn.execute(
+                        "SELECT 1 FROM consumer_dead_letters WHERE id = %s AND resolved_at IS NULL FOR UPDATE",
+                        (dl_id,),
+                    ).fetchone()
+                    conn.execute("SELECT 1 FROM consumer_cursors WHERE consumer = %s FOR UPDATE",
+                                 (self.consumer.name,))
+                    if not still:
+                        continue
                     with conn.transaction():
-                        self.consumer.handle(conn, event)
+                        self._apply(conn, event)
                     conn.execute(
                         "UPDATE consumer_dead_letters SET resolved_at = now() WHERE id = %s", (dl_id,)
                     )

@@ -61,6 +61,9 @@ def test_sigkill_at_random_points_loses_nothing_and_applies_nothing_twice(conn, 
         last_cursor = now
     proc = start_cli(["consumer", SPEC], env)
     try:
+        # the earlier runs may have finished the work: wait until this process is really running
+        wait_until(lambda: table(conn, "SELECT pid FROM consumer_cursors")[0][0] == proc.pid,
+                   timeout=30, what="the last consumer to register")
         wait_until(lambda: cursor(conn) == ids[-1], timeout=60, what="final catch-up")
     finally:
         code = stop(proc)
@@ -184,3 +187,14 @@ def test_status_json_reports_consumers(conn, cli_env):
         assert stop(proc) == 0
     result = run_cli(["status"], cli_env)
     assert "ledger" in result.stdout and "down" in result.stdout
+
+
+def test_replay_all_rebuilds_every_registered_consumer(conn, cli_env):
+    import consumers
+
+    result = run_cli(["replay", "all"], cli_env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    n = len(consumers.names())
+    assert f"replayed {n} of {n} consumers" in result.stderr
+    rows = table(conn, "SELECT consumer FROM consumer_cursors ORDER BY 1")
+    assert [r[0] for r in rows] == sorted(consumers.names())

@@ -195,3 +195,55 @@ def test_caught_up_helper_sees_lag(conn, db_url):
         wait_until(lambda: caught_up(conn))
     insert(conn, {"key": "l", "amount": 1})
     assert not caught_up(conn)
+
+
+def _swallowing_handler(conn, event):
+    ledger.handle(conn, event)
+    if event.payload.get("swallow"):
+        try:  # noqa: SIM105 - the bad handler this test is about
+            conn.execute("SELECT 1 / 0")  # a database error the handler hides, then returns
+        except psycopg.Error:
+            pass
+
+
+SWALLOWING = ledger.Consumer(name="ledger", kinds=("test",), handle=_swallowing_handler,
+                             reset=ledger.reset, setup=ledger.setup, tables=ledger.CONSUMER.tables)
+
+
+def test_a_handler_that_swallows_a_database_error_is_dead_lettered_not_crash_looping(conn, db_url):
+    ids = insert_many(conn, [{"key": "h", "amount": 1}, {"key": "h", "amount": 2, "swallow": True},
+                             {"key": "h", "amount": 4}])
+    with running(SWALLOWING, db_url):
+        wait_until(lambda: cursor(conn) == ids[-1], what="moving past the event")
+    assert totals(conn) == {"h": 5}
+    (error,) = conn.execute("SELECT error FROM consumer_dead_letters WHERE event_id = %s", (ids[1],)).fetchone()
+    assert "caught a database error" in error
+
+
+def test_a_statement_error_is_the_events_fault_not_a_lost_connection(conn, db_url):
+    def handler(c, event):
+        if event.payload.get("cancel"):
+            c.execute("SET LOCAL statement_timeout = '10ms'")
+            c.execute("SELECT pg_sleep(1)")  # QueryCanceled: an OperationalError, not a lost connection
+        ledger.handle(c, event)
+
+    consumer = ledger.Consumer(name="ledger", kinds=("test",), handle=handler, setup=ledger.setup)
+    ids = insert_many(conn, [{"key": "c", "amount": 1, "cancel": True}, {"key": "c", "amount": 2}])
+    with running(consumer, db_url):
+        wait_until(lambda: cursor(conn) == ids[-1], what="moving past the cancelled event")
+    assert totals(conn) == {"c": 2}
+    assert conn.execute("SELECT event_id FROM consumer_dead_letters").fetchall() == [(ids[0],)]
+
+
+def test_replay_from_a_later_point_never_moves_a_lagging_cursor_forward(conn, db_url):
+    from brokersync.ops import rewind
+
+    ids = insert_many(conn, [{"key": "f", "amount": 1}] * 10)
+    ledger.setup(conn)
+    r = rewind(conn, ledger.CONSUMER, from_id=ids[5])  # the consumer has applied nothing yet
+    assert not r.moved and cursor(conn) == 0
+    with running(ledger.CONSUMER, db_url):
+        wait_until(lambda: cursor(conn) == ids[-1])
+    assert totals(conn) == {"f": 10}, "nothing between the old cursor and the replay point was skipped"
+    r = rewind(conn, ledger.CONSUMER, from_id=ids[5])
+    assert r.moved and r.events_to_apply == 5
