@@ -382,7 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] | None = None
+    if argv[:1] == ["psql"] and argv[1:2] not in (["-h"], ["--help"]):
+        # everything after `psql` is psql's, with or without a `--` first
+        passthrough, argv = argv[1:], ["psql"]
     args = parser.parse_args(argv)
+    if passthrough is not None:
+        args.psql_args = passthrough
     try:
         settings = load_settings()
     except ConfigError as exc:

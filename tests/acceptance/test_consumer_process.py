@@ -168,9 +168,10 @@ def test_unknown_consumer_is_a_clear_error(cli_env):
 
 def test_psql_passes_arguments_through(conn, cli_env):
     insert_many(conn, [{"key": "q", "amount": 1}] * 3)
-    result = run_cli(["psql", "--", "-At", "-c", "select count(*) from event_log"], cli_env)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "3"
+    for args in (["--", "-At"], ["-At"]):  # with or without `--`
+        result = run_cli(["psql", *args, "-c", "select count(*) from event_log"], cli_env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "3"
 
 
 def test_status_json_reports_consumers(conn, cli_env):
