@@ -247,3 +247,23 @@ def test_replay_from_a_later_point_never_moves_a_lagging_cursor_forward(conn, db
     assert totals(conn) == {"f": 10}, "nothing between the old cursor and the replay point was skipped"
     r = rewind(conn, ledger.CONSUMER, from_id=ids[5])
     assert r.moved and r.events_to_apply == 5
+
+
+def test_batch_handler_applies_whole_batches_and_falls_back_for_a_poison_event(conn, db_url):
+    calls: list[int] = []
+
+    def handle_batch(c, events):
+        calls.append(len(events))
+        for e in events:  # same effect as handle() per event, in order
+            ledger.handle(c, e)
+
+    consumer = ledger.Consumer(name="ledger", kinds=("test",), handle=ledger.handle,
+                               handle_batch=handle_batch, setup=ledger.setup)
+    payloads = [{"key": "b", "amount": 1}] * 150
+    payloads[120] = {"key": "b", "amount": 1000, "poison": True}
+    ids = insert_many(conn, payloads)
+    with running(consumer, db_url):
+        wait_until(lambda: cursor(conn) == ids[-1], what="all batches")
+    assert totals(conn) == {"b": 149}
+    assert calls[0] == 100, "the first batch went through the batch handler whole"
+    assert conn.execute("SELECT event_id FROM consumer_dead_letters").fetchall() == [(ids[120],)]
