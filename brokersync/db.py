@@ -9,7 +9,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
@@ -17,6 +17,9 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 
 from brokersync.errors import ConfigError, DatabaseUnavailable
 from brokersync.settings import Settings
+
+if TYPE_CHECKING:
+    from brokersync.embedded import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class Database:
         self._url: str | None = (
             settings.database_url.get_secret_value() if settings.database_url else None
         )
-        self._embedded = None
+        self._embedded: EmbeddedServer | None = None
 
     @property
     def is_embedded(self) -> bool:
@@ -48,8 +51,9 @@ class Database:
         if self._url is None:
             from brokersync.embedded import EmbeddedServer
 
-            self._embedded = EmbeddedServer(self.settings.data_dir / "pgdata")
-            self._url = self._embedded.start()
+            server = EmbeddedServer(self.settings.data_dir / "pgdata")
+            self._embedded = server
+            self._url = server.start()
         return self._url
 
     def display_url(self) -> str:

@@ -12,6 +12,7 @@ import logging
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ class EmbeddedServer:
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata
         self.owned = False
-        self._server = None
+        self._server: Any = None
 
-    def _running_info(self):  # type: ignore[no-untyped-def]
+    def _running_info(self) -> Any:
         with warnings.catch_warnings():
             # the wheel warns at import when XDG_RUNTIME_DIR is unset (services, CI)
             warnings.simplefilter("ignore")

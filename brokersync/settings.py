@@ -220,7 +220,7 @@ class Settings(BaseSettings):
         return v.expanduser().resolve() if v is not None else None
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):
         # load_settings() reads and checks the environment and .env itself, then passes
         # the values in: the environment is read exactly once, by code that validates names.
         return (init_settings,)
