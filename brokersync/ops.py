@@ -27,6 +27,19 @@ def consumer_is_active(conn: psycopg.Connection[Any], name: str) -> bool:
     return bool(row and row[0])
 
 
+def log_ahead_of_server(conn: psycopg.Connection[Any]) -> bool:
+    """True when stored tx_ids are beyond this server's next transaction id.
+
+    That happens when the database was restored into another cluster (pg_dump/restore keeps the
+    old ids; pg_upgrade keeps the counter and is fine): new events would sort below every
+    cursor and never be read.
+    """
+    row = conn.execute(
+        "SELECT coalesce(max(tx_id) >= pg_snapshot_xmax(pg_current_snapshot()), false) FROM staging_snapshots"
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _iso(v: Any) -> Any:
     if isinstance(v, datetime):
         return v.isoformat()
@@ -96,6 +109,11 @@ def status(
         }
         if cycle[3] in ("failed", "partial"):
             problems.append(f"the producer's last cycle (#{cycle[0]}) {cycle[3]}: {cycle[7] or ''}".strip())
+    if log_ahead_of_server(conn):
+        problems.append(
+            "the event log's transaction ids are ahead of this server's (restored from another "
+            "server with pg_dump?): consumers would not read new events; see README, Missing"
+        )
     age_row = conn.execute(
         "SELECT now() - max(fetched_at), count(*), max(id) FROM staging_snapshots"
     ).fetchone()

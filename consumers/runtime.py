@@ -230,6 +230,15 @@ class Runner:
             (self.consumer.name, list(self.consumer.kinds), os.getpid(), socket.gethostname()),
         )
         self._last_heartbeat = time.monotonic()
+        ahead = conn.execute(
+            "SELECT coalesce(max(tx_id) >= pg_snapshot_xmax(pg_current_snapshot()), false) FROM staging_snapshots"
+        ).fetchone()
+        if ahead and ahead[0]:
+            log.error(
+                "%s: the event log's transaction ids are ahead of this server's (the database was "
+                "restored into another server?): new events sort below the cursor and will not be "
+                "read until the server's transaction counter passes them; see the README", self.consumer.name,
+            )
 
     # ---- the inner loop: catch up, then wait for a NOTIFY or the poll ------------------------
     def _loop(self, conn: psycopg.Connection[Any]) -> None:

@@ -43,3 +43,18 @@ def test_deletes_only_what_every_consumer_applied(conn, db_url):
     # the append-only guard is back on outside the retention transaction
     with pytest.raises(Exception, match="append-only"):
         conn.execute("DELETE FROM staging_snapshots")
+
+
+def test_a_log_restored_from_another_server_is_reported(conn):
+    from brokersync.ops import log_ahead_of_server, status
+
+    add(conn, {"key": "a", "amount": 1}, 0)
+    assert not log_ahead_of_server(conn)
+    # what pg_dump/restore into a younger cluster leaves behind: ids beyond this server's counter
+    conn.execute(
+        "INSERT INTO staging_snapshots (tx_id, account, kind, source, fetched_at, payload) "
+        "VALUES ('900000000', 'A1', 'test', 'test', now(), '{}')"
+    )
+    assert log_ahead_of_server(conn)
+    s = status(conn, [], max_lag_s=600, max_data_age_s=900)
+    assert not s["healthy"] and any("ahead of this server" in p for p in s["problems"])
