@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -149,6 +150,139 @@ def handle(conn: psycopg.Connection[Any], event: Event) -> None:
         raise PayloadError(f"balances does not handle kind {event.kind!r}")
 
 
+# ---- a whole batch (replays) -------------------------------------------------------------------
+
+_ACCOUNT_COLS = ("account_type", "buying_power", "cash", "cash_available_for_withdrawal",
+                 "cash_held_for_orders", "unsettled_funds", "account_fetched_at")
+_PORTFOLIO_COLS = ("portfolio_value", "equity", "extended_hours_equity", "equity_previous_close",
+                   "portfolio_fetched_at")
+_TA_COLS = ("account", *_ACCOUNT_COLS, *_PORTFOLIO_COLS, "updated_at")
+_DAY_COLS = ("account", "market_day", "open_equity", "high_equity", "low_equity", "close_equity",
+             "previous_close", "samples", "first_at", "last_at", "first_event_id", "last_event_id")
+
+
+def _rows_by_key(conn: psycopg.Connection[Any], query: str, params: Any,
+                 width: int) -> dict[tuple[Any, ...], list[Any]]:
+    return {tuple(r[:width]): list(r) for r in conn.execute(query, params)}
+
+
+def handle_batch(conn: psycopg.Connection[Any], events: Sequence[Event]) -> None:
+    """The effect of :func:`handle` on each event in order, in a few statements per batch.
+
+    The batch's accounts and days are read once, every event is folded into them in Python
+    with the rules of the SQL in :func:`apply_account` and :func:`_add_reading` (ties included:
+    ``greatest``/``least`` keep their first argument), and the final rows are written once.
+    """
+    parsed: list[tuple[Event, tuple[Any, ...]]] = []
+    for event in events:  # everything that can fail first: a bad event sends the batch to handle()
+        payload = envelope_of(event.payload, event.raw_body)
+        if event.kind == ACCOUNT:
+            values = _account_values(payload)
+            if not (values[0] is None or isinstance(values[0], str)):
+                raise PayloadError("account type is not a string")  # handle() decides what to do
+            parsed.append((event, values))
+        elif event.kind == PORTFOLIO:
+            parsed.append((event, _portfolio_values(payload)))
+        else:
+            raise PayloadError(f"balances does not handle kind {event.kind!r}")
+    if not parsed:
+        return
+    accounts = sorted({e.account for e, _ in parsed})
+    ta = _rows_by_key(
+        conn, f"SELECT {', '.join(_TA_COLS)} FROM trading_accounts WHERE account = ANY (%s::text[])",
+        (accounts,), 1)
+    readings = [(e, v) for e, v in parsed if e.kind == PORTFOLIO]
+    seen = {r[0] for r in conn.execute(
+        """SELECT event_id FROM balance_equity_samples
+           WHERE (account, event_id) IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))""",
+        ([e.account for e, _ in readings], [e.id for e, _ in readings]))} if readings else set()
+    days_wanted = sorted({(e.account, market_day(e.fetched_at)) for e, _ in readings})
+    days = _rows_by_key(
+        conn, f"""SELECT {', '.join(f'b.{c}' for c in _DAY_COLS)} FROM daily_portfolio_balances b
+                  JOIN unnest(%s::text[], %s::date[]) AS w(account, market_day)
+                    ON b.account = w.account AND b.market_day = w.market_day""",
+        ([a for a, _ in days_wanted], [d for _, d in days_wanted]), 2) if days_wanted else {}
+    touched_ta: set[tuple[Any, ...]] = set()
+    touched_days: set[tuple[Any, ...]] = set()
+    samples: list[tuple[Any, ...]] = []
+    ai = {c: i for i, c in enumerate(_TA_COLS)}
+    for event, values in parsed:
+        t, key = event.fetched_at, (event.account,)
+        if event.kind == ACCOUNT:
+            cols, new = _ACCOUNT_COLS, (*values, t)
+        else:
+            equity, market_value, extended, previous_close = values
+            cols, new = _PORTFOLIO_COLS, (market_value, equity, extended, previous_close, t)
+        row = ta.get(key)
+        if row is None:
+            row = [None] * len(_TA_COLS)
+            row[0], row[ai["updated_at"]] = event.account, t
+            for c, v in zip(cols, new, strict=True):
+                row[ai[c]] = v
+            ta[key] = row
+            touched_ta.add(key)
+        elif row[ai[cols[-1]]] is None or row[ai[cols[-1]]] <= t:
+            for c, v in zip(cols, new, strict=True):
+                row[ai[c]] = v
+            if t > row[ai["updated_at"]]:
+                row[ai["updated_at"]] = t
+            touched_ta.add(key)
+        if event.kind == PORTFOLIO and event.id not in seen:
+            seen.add(event.id)
+            the_day = market_day(t)
+            samples.append((event.account, event.id, t, the_day, equity, previous_close))
+            _fold(days, (event.account, the_day), event.id, t, equity, previous_close)
+            touched_days.add((event.account, the_day))
+    _write(conn, "trading_accounts", _TA_COLS, 1, [ta[k] for k in sorted(touched_ta)])
+    if samples:
+        with conn.cursor().copy(
+                "COPY balance_equity_samples (account, event_id, fetched_at, market_day, equity,"
+                " previous_close) FROM STDIN") as copy:
+            for s in samples:
+                copy.write_row(s)
+    _write(conn, "daily_portfolio_balances", _DAY_COLS, 2, [days[k] for k in sorted(touched_days)])
+
+
+def _fold(days: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], event_id: int, t: Any,
+          equity: Any, previous_close: Any) -> None:
+    """One reading into its day, as the ON CONFLICT of :func:`_add_reading` does."""
+    pc = equity if previous_close is None else previous_close
+    row = days.get(key)
+    if row is None:
+        days[key] = [*key, equity, equity, equity, equity, pc, 1, t, t, event_id, event_id]
+        return
+    (_, _, open_e, high, low, close, prev, n, first_at, last_at, first_id, last_id) = row
+    if equity > high:
+        high = equity
+    if equity < low:
+        low = equity
+    if (t, event_id) < (first_at, first_id):
+        open_e, prev, first_id = equity, pc, event_id
+    if t < first_at:
+        first_at = t
+    if (t, event_id) > (last_at, last_id):
+        close, last_id = equity, event_id
+    if t > last_at:
+        last_at = t
+    days[key] = [*key, open_e, high, low, close, prev, n + 1, first_at, last_at, first_id, last_id]
+
+
+def _write(conn: psycopg.Connection[Any], table: str, cols: tuple[str, ...], width: int,
+           rows: list[list[Any]]) -> None:
+    """Upsert whole rows (the batch's final state)."""
+    if not rows:
+        return
+    names = ", ".join(cols)
+    marks = ", ".join(["%s"] * len(cols))
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols[width:])
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"""INSERT INTO {table} ({names}) VALUES ({marks})
+                ON CONFLICT ({", ".join(cols[:width])}) DO UPDATE SET {sets}""",
+            rows,
+        )
+
+
 def reset(conn: psycopg.Connection[Any]) -> None:
     conn.execute(f"TRUNCATE {', '.join(TABLES)}")
 
@@ -157,6 +291,7 @@ CONSUMER = Consumer(
     name="balances",
     kinds=(ACCOUNT, PORTFOLIO),
     handle=handle,
+    handle_batch=handle_batch,
     reset=reset,
     tables=TABLES,
     description="Applies account and portfolio snapshots to trading_accounts and daily_portfolio_balances",
