@@ -20,6 +20,7 @@ from the events, so a replay rebuilds the tables row for row.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -36,7 +37,7 @@ from consumers.parsing import (
 )
 from consumers.parsing import ts as parse_ts
 from consumers.runtime import Consumer, Event
-from consumers.snapshots import superseded
+from consumers.snapshots import superseded, superseded_many
 from schema.eventlog import OPTION_POSITIONS, QUOTES, STOCK_POSITIONS
 from schema.payloads import PayloadError, response, results
 
@@ -97,7 +98,13 @@ def _stock_rows(payload: Any) -> list[tuple[Any, ...]]:
 
 def apply_stock_positions(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
     rows = _stock_rows(payload)  # parse everything before writing anything
-    if superseded(conn, event, _stock_rows) or not _is_newest(conn, event):
+    if superseded(conn, event, _stock_rows):
+        return
+    _apply_stock(conn, event, rows)
+
+
+def _apply_stock(conn: psycopg.Connection[Any], event: Event, rows: list[tuple[Any, ...]]) -> None:
+    if not _is_newest(conn, event):
         return
     ids = [r[0] for r in rows]
     conn.execute(
@@ -147,6 +154,12 @@ def apply_quotes(conn: psycopg.Connection[Any], event: Event, payload: Any) -> N
 
     if superseded(conn, event, covers):
         return
+    _apply_quote_rows(conn, event, rows)
+
+
+def _apply_quote_rows(conn: psycopg.Connection[Any], event: Event,
+                      rows: list[tuple[str, Decimal, Any]]) -> None:
+    symbols = {r[0] for r in rows}
     with conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO positions_last_prices (symbol, price, quoted_at, fetched_at)
@@ -247,7 +260,13 @@ _OPTION_COLUMNS = (
 
 def apply_option_positions(conn: psycopg.Connection[Any], event: Event, payload: Any) -> None:
     rows = _option_rows(event, payload)
-    if superseded(conn, event, lambda p: _option_rows(event, p)) or not _is_newest(conn, event):
+    if superseded(conn, event, lambda p: _option_rows(event, p)):
+        return
+    _apply_options(conn, event, rows)
+
+
+def _apply_options(conn: psycopg.Connection[Any], event: Event, rows: list[dict[str, Any]]) -> None:
+    if not _is_newest(conn, event):
         return
     conn.execute(
         "DELETE FROM option_positions WHERE account = %s AND NOT (option_id = ANY (%s::text[]))",
@@ -279,6 +298,72 @@ def handle(conn: psycopg.Connection[Any], event: Event) -> None:
         raise PayloadError(f"positions does not handle kind {event.kind!r}")
 
 
+# ---- a whole batch (replays) -------------------------------------------------------------------
+
+
+def handle_batch(conn: psycopg.Connection[Any], events: Sequence[Event]) -> None:
+    """The effect of :func:`handle` on each event in order, with the supersede checks of the
+    whole batch in one query: in a replay nearly every snapshot is superseded and costs no
+    round trip of its own; the few that are not are applied exactly as :func:`handle` does.
+
+    Every event is parsed first, as :func:`handle` does (a bad one raises, and the runtime redoes
+    the batch one event at a time). Whether a payload parses does not depend on the older
+    snapshot it is checked for, so a batch event that parsed here passes that check without
+    being parsed again; quotes keep their symbols for the "prices every symbol" check.
+    """
+    parsed: set[int] = set()
+    quoted: dict[int, set[str]] = {}
+    checks: list[tuple[Event, Any, Callable[[int, Any], None]]] = []
+    for event in events:
+        payload = envelope_of(event.payload, event.raw_body)
+        if event.kind == STOCK_POSITIONS:
+            _stock_rows(payload)
+            parsed.add(event.id)
+            checks.append((event, payload, _known_or(parsed, _stock_rows)))
+        elif event.kind == OPTION_POSITIONS:
+            _option_rows(event, payload)
+            parsed.add(event.id)
+            checks.append((event, payload, _known_or(parsed, lambda p, e=event: _option_rows(e, p))))
+        elif event.kind == QUOTES:
+            symbols = {r[0] for r in _quote_rows(payload)}
+            quoted[event.id] = symbols
+            if symbols:  # handle() returns before its check when nothing is priced
+                checks.append((event, payload, _covers(symbols, quoted)))
+        else:
+            raise PayloadError(f"positions does not handle kind {event.kind!r}")
+    if not checks:
+        return
+    done = superseded_many(conn, [(e, check) for e, _, check in checks],
+                           {e.id: e.payload for e in events})
+    for event, payload, _ in checks:
+        if event.id in done:
+            continue
+        if event.kind == STOCK_POSITIONS:
+            _apply_stock(conn, event, _stock_rows(payload))
+        elif event.kind == OPTION_POSITIONS:
+            _apply_options(conn, event, _option_rows(event, payload))
+        else:
+            _apply_quote_rows(conn, event, _quote_rows(payload))
+
+
+def _known_or(parsed: set[int], parse: Callable[[Any], object]) -> Callable[[int, Any], None]:
+    def check(event_id: int, payload: Any) -> None:
+        if event_id not in parsed:
+            parse(payload)
+            parsed.add(event_id)
+    return check
+
+
+def _covers(symbols: set[str], quoted: dict[int, set[str]]) -> Callable[[int, Any], None]:
+    def check(event_id: int, payload: Any) -> None:  # as covers() in apply_quotes
+        newer = quoted.get(event_id)
+        if newer is None:
+            newer = quoted[event_id] = {r[0] for r in _quote_rows(payload)}
+        if not symbols <= newer:
+            raise PayloadError("does not price every symbol")
+    return check
+
+
 def reset(conn: psycopg.Connection[Any]) -> None:
     conn.execute(f"TRUNCATE {', '.join(TABLES)}")
 
@@ -287,6 +372,7 @@ CONSUMER = Consumer(
     name="positions",
     kinds=(STOCK_POSITIONS, OPTION_POSITIONS, QUOTES),
     handle=handle,
+    handle_batch=handle_batch,
     reset=reset,
     tables=TABLES,
     description="Applies position snapshots and quotes to positions and option_positions",
