@@ -216,16 +216,20 @@ def handle_batch(conn: psycopg.Connection[Any], events: Sequence[Event]) -> None
                event_id = EXCLUDED.event_id""",
         [list(c) for c in zip(*v_rows, strict=True)],
     )
-    # In order: a function scan returns unnest's rows in array order, and nothing sorts them.
+    # In order: a function scan returns the array's elements in order, and nothing sorts them.
+    # The bumps travel as one JSON text (far cheaper to send than five arrays).
     conn.execute(
         """SELECT pg_notify(%s, json_build_object(
                       'key', b.key::text, 'account', b.account::text, 'version', b.version,
                       'event_id', b.event_id::bigint,
                       'changed_at', to_char(b.changed_at AT TIME ZONE 'UTC',
                                             'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text)
-           FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[])
-                AS b(key, account, version, event_id, changed_at)""",
-        [CACHE_CHANNEL, *(list(c) for c in zip(*bumps, strict=True))],
+           FROM json_to_recordset(%s::json)
+                AS b(key text, account text, version bigint, event_id bigint,
+                     changed_at timestamptz)""",
+        (CACHE_CHANNEL, orjson.dumps([
+            {"key": k, "account": a, "version": v, "event_id": i, "changed_at": t.isoformat()}
+            for k, a, v, i, t in bumps]).decode()),
     )
 
 
