@@ -49,7 +49,7 @@ def superseded(conn: psycopg.Connection[Any], event: Event, parses: Callable[[An
 def superseded_many(conn: psycopg.Connection[Any],
                     checks: Sequence[tuple[Event, Callable[[int, Any], object]]],
                     known: Mapping[int, Any]) -> set[int]:
-    """:func:`superseded` for many events in one query: the ids of those it is True for.
+    """:func:`superseded` for many events at once: the ids of those it is True for.
 
     ``known`` maps event ids to payloads the caller holds already (its batch), so only the
     payloads of newer snapshots outside the batch travel. Each check is called with the newer
@@ -59,8 +59,7 @@ def superseded_many(conn: psycopg.Connection[Any],
     if not checks:
         return set()
     rows = conn.execute(
-        """SELECT e.ord, n.id, n.payload IS NULL,
-                  CASE WHEN n.id = ANY (%s::bigint[]) THEN NULL ELSE n.payload END
+        """SELECT e.ord, n.id, n.payload IS NULL
            FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[])
                 WITH ORDINALITY AS e(id, kind, account, fetched_at, ord)
            CROSS JOIN LATERAL (
@@ -69,19 +68,25 @@ def superseded_many(conn: psycopg.Connection[Any],
                  AND (s.fetched_at, s.id) > (e.fetched_at, e.id)
                ORDER BY s.fetched_at, s.id LIMIT %s) n
            ORDER BY e.ord, n.fetched_at, n.id""",
-        (list(known), [e.id for e, _ in checks], [e.kind for e, _ in checks],
-         [e.account for e, _ in checks], [e.fetched_at for e, _ in checks], LOOKAHEAD),
+        ([e.id for e, _ in checks], [e.kind for e, _ in checks], [e.account for e, _ in checks],
+         [e.fetched_at for e, _ in checks], LOOKAHEAD),
     ).fetchall()
-    newer: dict[int, list[tuple[int, bool, Any]]] = {}
-    for ord_, nid, is_null, payload in rows:
-        newer.setdefault(int(ord_), []).append((nid, is_null, payload))
+    payloads = dict(known)
+    missing = sorted({nid for _, nid, is_null in rows if not is_null and nid not in payloads})
+    if missing:
+        payloads.update(conn.execute(
+            "SELECT id, payload FROM staging_snapshots WHERE id = ANY (%s::bigint[])", (missing,)
+        ).fetchall())
+    newer: dict[int, list[tuple[int, bool]]] = {}
+    for ord_, nid, is_null in rows:
+        newer.setdefault(int(ord_), []).append((nid, is_null))
     out: set[int] = set()
     for i, (event, parses) in enumerate(checks, start=1):
-        for nid, is_null, payload in newer.get(i, ()):
+        for nid, is_null in newer.get(i, ()):
             if is_null:
                 continue
             try:
-                parses(nid, known.get(nid, payload))
+                parses(nid, payloads[nid])
             except ValueError:  # as in superseded(): that one will be dead-lettered
                 continue
             out.add(event.id)
