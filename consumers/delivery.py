@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -127,6 +127,72 @@ def record(
         for delivery_id, sink in rows:
             enqueue(conn, int(delivery_id), sink)
     return [int(r[0]) for r in rows]
+
+
+def record_many(
+    conn: psycopg.Connection[Any], items: Sequence[tuple[Notification, bool]], sinks: tuple[str, ...]
+) -> list[tuple[int, str, str]]:
+    """:func:`record` for many notifications at once (``(notification, expired)`` pairs, in
+    order); return (delivery id, dedupe key, sink) of the new rows, in insertion order.
+
+    One statement inserts the rows in exactly the order :func:`record` called once per
+    notification would (notification by notification, sink by sink), so the ids and the
+    ON CONFLICT DO NOTHING outcome are the same, including a key repeated within the batch
+    (the later row conflicts with the earlier one and is skipped). The new non-expired rows are
+    then queued in id order, as :func:`record` queues them.
+    """
+    if not sinks or not items:
+        return []
+    ns = [n for n, _ in items]
+    rows = conn.execute(
+        """INSERT INTO notification_deliveries
+               (dedupe_key, sink, rule, account, subject, title, body, data, event_id,
+                occurred_at, status)
+           SELECT v.key, s.sink, v.rule, v.account, v.subject, v.title, v.body, v.data::jsonb,
+                  v.event_id, v.occurred_at, v.status
+           FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                       %s::text[], %s::bigint[], %s::timestamptz[], %s::text[])
+                WITH ORDINALITY AS v(key, rule, account, subject, title, body, data, event_id,
+                                     occurred_at, status, n)
+           CROSS JOIN unnest(%s::text[]) WITH ORDINALITY AS s(sink, m)
+           ORDER BY v.n, s.m
+           ON CONFLICT (dedupe_key, sink) DO NOTHING
+           RETURNING id, dedupe_key, sink, status""",
+        ([n.key for n in ns], [n.rule for n in ns], [n.account for n in ns],
+         [n.subject for n in ns], [n.title for n in ns], [n.body for n in ns],
+         [json.dumps(n.data) for n in ns], [n.event_id for n in ns],
+         [n.occurred_at for n in ns], ["expired" if e else "queued" for _, e in items],
+         list(sinks)),
+    ).fetchall()
+    rows.sort(key=lambda r: int(r[0]))
+    enqueue_many(conn, [(int(r[0]), str(r[2])) for r in rows if r[3] != "expired"])
+    return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+def enqueue_many(conn: psycopg.Connection[Any], deliveries: Sequence[tuple[int, str]]) -> None:
+    """:func:`enqueue` for many (delivery id, sink) pairs, in order, in the caller's transaction:
+    the broker's own ENQUEUE statement, pipelined (one round trip, not one per message)."""
+    if not deliveries:
+        return
+    import dramatiq
+    from dramatiq_postgres.broker import QUERIES
+
+    messages: list[dramatiq.Message[Any]] = [
+        dramatiq.Message(queue_name=QUEUE, actor_name=actor_name(sink), args=(delivery_id,),
+                         kwargs={}, options={})
+        for delivery_id, sink in deliveries
+    ]
+    with conn.cursor() as cur:
+        cur.executemany(
+            QUERIES.ENQUEUE,
+            [(QUEUE, m.message_id, Json(json.loads(m.encode())), 0) for m in messages],
+        )
+    conn.execute(
+        """UPDATE notification_deliveries d SET message_id = v.message_id
+           FROM unnest(%s::bigint[], %s::uuid[]) AS v(id, message_id)
+           WHERE d.id = v.id""",
+        ([d for d, _ in deliveries], [m.message_id for m in messages]),
+    )
 
 
 _SELECT = """SELECT id, dedupe_key, sink, rule, account, subject, title, body, occurred_at, data,

@@ -26,6 +26,13 @@ notification has a deterministic dedupe key; :mod:`consumers.delivery` records i
 queues the dramatiq message in the consumer's own transaction, so a replay finds the keys and
 sends nothing again.
 
+Speed: a replay applies whole batches through :meth:`Rules.handle_batch`, which loads the
+``notify_*`` rows once per batch, runs the rules on an in-memory copy that mirrors the
+per-event SQL row for row, and writes the changed rows, the deliveries and their messages with a
+few set-based statements. It has exactly the effect of :meth:`Rules.handle` per event (the
+tests in ``tests/notifications/test_batch.py`` compare every row); when it raises, the runtime
+redoes the batch per event, which also decides about a poison event.
+
 Settings: ``CONSUMER`` (what ``brokersync consumer notifications`` loads) is built on first
 access from the validated environment; code that has a :class:`Settings` calls :func:`build`.
 """
@@ -33,17 +40,17 @@ access from the validated environment; code that has a :class:`Settings` calls :
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, overload
 from zoneinfo import ZoneInfo
 
 import psycopg
 
 from brokersync.settings import Settings
-from consumers.delivery import Notification, record
+from consumers.delivery import Notification, record, record_many
 from consumers.runtime import Consumer, Event
 from consumers.sinks import check_settings, time_zone
 from schema import eventlog
@@ -196,6 +203,41 @@ def parse_option_positions(payload: Any) -> dict[str, Held]:
     return out
 
 
+def _buying_power(obj: dict[str, Any]) -> Decimal | None:
+    return _opt_dec(obj.get("buying_power"))
+
+
+def _equity(obj: dict[str, Any]) -> tuple[Decimal | None, Decimal | None]:
+    equity = _opt_dec(obj.get("equity")) or _opt_dec(obj.get("extended_hours_equity"))
+    prev = _opt_dec(obj.get("adjusted_equity_previous_close")) or _opt_dec(obj.get("equity_previous_close"))
+    return equity, prev
+
+
+# ---- what the rules fire (shared by the per-event and the batch handler) ---------------------
+
+
+def _opened(event: Event, asset: str, h: Held) -> Notification:
+    return Notification(
+        rule="position_opened", account=event.account, subject=h.label,
+        key=f"position_opened:{event.account}:{h.key}:{event.id}",
+        title=f"Position opened: {h.label}",
+        body=f"{h.label}: {_num(h.quantity)} at average cost {_money(h.average_cost)} "
+             f"(account {event.account})",
+        occurred_at=event.fetched_at, event_id=event.id,
+        data={"asset": asset, "quantity": str(h.quantity), "average_cost": str(h.average_cost)},
+    )
+
+
+def _closed(event: Event, asset: str, key: str, label: str, qty: Decimal) -> Notification:
+    return Notification(
+        rule="position_closed", account=event.account, subject=label,
+        key=f"position_closed:{event.account}:{key}:{event.id}",
+        title=f"Position closed: {label}",
+        body=f"{label}: {_num(qty)} no longer held (account {event.account})",
+        occurred_at=event.fetched_at, event_id=event.id, data={"asset": asset},
+    )
+
+
 # ---- the rules -----------------------------------------------------------------------------
 
 
@@ -285,7 +327,8 @@ class Rules:
             for r in conn.execute(
                 """SELECT position_key, label, quantity, average_cost, multiplier, direction,
                           expiration, mark, pnl_pct
-                   FROM notify_positions WHERE account = %s AND asset = %s""",
+                   FROM notify_positions WHERE account = %s AND asset = %s
+                   ORDER BY position_key""",
                 (event.account, asset),
             )
         }
@@ -294,15 +337,7 @@ class Rules:
         for key, h in new.items():
             o = old.get(key)
             if o is None:
-                self.emit(conn, Notification(
-                    rule="position_opened", account=event.account, subject=h.label,
-                    key=f"position_opened:{event.account}:{key}:{event.id}",
-                    title=f"Position opened: {h.label}",
-                    body=f"{h.label}: {_num(h.quantity)} at average cost {_money(h.average_cost)} "
-                         f"(account {event.account})",
-                    occurred_at=event.fetched_at, event_id=event.id,
-                    data={"asset": asset, "quantity": str(h.quantity), "average_cost": str(h.average_cost)},
-                ))
+                self.emit(conn, _opened(event, asset, h))
                 changed.append(h)
             elif tuple(o[1:7]) != (h.label, h.quantity, h.average_cost, h.multiplier, h.direction,
                                    h.expiration):
@@ -334,14 +369,7 @@ class Rules:
             )
         closed = [key for key in old if key not in new]
         for key in closed:
-            label, qty = old[key][1], old[key][2]
-            self.emit(conn, Notification(
-                rule="position_closed", account=event.account, subject=label,
-                key=f"position_closed:{event.account}:{key}:{event.id}",
-                title=f"Position closed: {label}",
-                body=f"{label}: {_num(qty)} no longer held (account {event.account})",
-                occurred_at=event.fetched_at, event_id=event.id, data={"asset": asset},
-            ))
+            self.emit(conn, _closed(event, asset, key, old[key][1], old[key][2]))
         if closed:
             conn.execute(
                 "DELETE FROM notify_positions WHERE account = %s AND position_key = ANY (%s)",
@@ -362,23 +390,8 @@ class Rules:
                    h.direction, old[h.key][8] if h.key in old else None, h.mark)
             for h in new.values()
         ])
-        today = event.fetched_at.astimezone(self.tz).date()
-        horizon = self.settings.notify_option_expiry_days
-        for h in new.values():
-            if h.expiration is None:
-                continue
-            days = (h.expiration - today).days
-            if 0 <= days <= horizon:
-                when = "today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
-                self.emit(conn, Notification(
-                    rule="option_expiry", account=event.account, subject=h.label,
-                    key=f"option_expiry:{event.account}:{h.key}:{h.expiration}",
-                    title=f"Option expiring {when}: {h.label}",
-                    body=f"{h.label} (quantity {_num(h.quantity)}) expires on {h.expiration} "
-                         f"(account {event.account})",
-                    occurred_at=event.fetched_at, event_id=event.id,
-                    data={"expiration": h.expiration.isoformat(), "days": days},
-                ))
+        for n in self._expiring(event, new):
+            self.emit(conn, n)
 
     def _quotes(self, conn: psycopg.Connection[Any], event: Event, prices: dict[str, Decimal]) -> None:
         if not prices:
@@ -405,7 +418,20 @@ class Rules:
         self._pnl(conn, event, [Priced(*r) for r in rows])
 
     def _pnl(self, conn: psycopg.Connection[Any], event: Event, positions: list[Priced]) -> None:
-        """Alert when a position's unrealized P&L % enters another band.
+        changed, moves = self._pnl_moves(event, positions)
+        for n in moves:
+            self.emit(conn, n)
+        if changed:  # one statement for every re-priced position
+            conn.execute(
+                """UPDATE notify_positions p SET pnl_pct = v.pct
+                   FROM unnest(%s::text[], %s::text[], %s::numeric[]) AS v(account, position_key, pct)
+                   WHERE p.account = v.account AND p.position_key = v.position_key""",
+                ([c[0] for c in changed], [c[1] for c in changed], [c[2] for c in changed]),
+            )
+
+    def _pnl_moves(self, event: Event, positions: list[Priced]
+                   ) -> tuple[list[tuple[str, str, Decimal]], list[Notification]]:
+        """The re-priced positions (account, key, new P&L %) and the band moves to alert.
 
         Bands are trunc(pct / threshold): -5 < pct < 5 is band 0 for a 5 % threshold. The state
         is the last P&L % (not the band), so it does not depend on the threshold and a replay
@@ -414,6 +440,7 @@ class Rules:
         on an edge does not alert on every tick.
         """
         changed: list[tuple[str, str, Decimal]] = []
+        moves: list[Notification] = []
         day = event.fetched_at.astimezone(self.tz).date().isoformat()
         for p in positions:
             t = self.band_pct[p.asset]
@@ -434,7 +461,7 @@ class Rules:
             else:  # the band's upper edge was crossed downwards
                 what = f"fell below {_pct(t * band if band < 0 else t * (band + 1))}"
             pnl = (value - p.average_cost) * p.quantity * p.direction
-            self.emit(conn, Notification(
+            moves.append(Notification(
                 rule="pnl_move", account=p.account, subject=p.label,
                 key=f"pnl_move:{p.account}:{p.key}:{band}:{day}",
                 title=f"{p.label}: unrealized P&L {what} (now {_pct(pct)})",
@@ -443,17 +470,48 @@ class Rules:
                 occurred_at=event.fetched_at, event_id=event.id,
                 data={"pnl_pct": str(pct), "pnl": f"{pnl:.2f}", "band": band, "previous_band": old_band},
             ))
-        if changed:  # one statement for every re-priced position
-            conn.execute(
-                """UPDATE notify_positions p SET pnl_pct = v.pct
-                   FROM unnest(%s::text[], %s::text[], %s::numeric[]) AS v(account, position_key, pct)
-                   WHERE p.account = v.account AND p.position_key = v.position_key""",
-                ([c[0] for c in changed], [c[1] for c in changed], [c[2] for c in changed]),
-            )
+        return changed, moves
+
+    def _expiring(self, event: Event, new: dict[str, Held]) -> list[Notification]:
+        today = event.fetched_at.astimezone(self.tz).date()
+        horizon = self.settings.notify_option_expiry_days
+        out: list[Notification] = []
+        for h in new.values():
+            if h.expiration is None:
+                continue
+            days = (h.expiration - today).days
+            if 0 <= days <= horizon:
+                when = "today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
+                out.append(Notification(
+                    rule="option_expiry", account=event.account, subject=h.label,
+                    key=f"option_expiry:{event.account}:{h.key}:{h.expiration}",
+                    title=f"Option expiring {when}: {h.label}",
+                    body=f"{h.label} (quantity {_num(h.quantity)}) expires on {h.expiration} "
+                         f"(account {event.account})",
+                    occurred_at=event.fetched_at, event_id=event.id,
+                    data={"expiration": h.expiration.isoformat(), "days": days},
+                ))
+        return out
+
+    def _buying_power_low(self, event: Event, bp: Decimal | None,
+                          previous: Decimal | None) -> Notification | None:
+        # Under the floor now and not at the previous snapshot: alert once; re-arms on recovery.
+        below = self.floor is not None and bp is not None and bp < self.floor
+        was_below = self.floor is not None and previous is not None and previous < self.floor
+        if not (below and not was_below):
+            return None
+        return Notification(
+            rule="buying_power_low", account=event.account, subject="buying power",
+            key=f"buying_power_low:{event.account}:{event.id}",
+            title=f"Buying power {_money(bp)} is under {_money(self.floor)}",
+            body=f"Account {event.account}: buying power {_money(bp)}, floor {_money(self.floor)}",
+            occurred_at=event.fetched_at, event_id=event.id,
+            data={"buying_power": str(bp), "floor": str(self.floor)},
+        )
 
     # ---- balances ----------------------------------------------------------------------------
     def _account(self, conn: psycopg.Connection[Any], event: Event, obj: dict[str, Any]) -> None:
-        bp = _opt_dec(obj.get("buying_power"))
+        bp = _buying_power(obj)
         row = conn.execute(
             """WITH old AS (SELECT buying_power FROM notify_accounts WHERE account = %s)
                INSERT INTO notify_accounts (account, buying_power, updated_at)
@@ -464,23 +522,12 @@ class Rules:
                RETURNING (SELECT buying_power FROM old)""",
             (event.account, event.account, bp, event.fetched_at),
         ).fetchone()
-        previous = row[0] if row else None
-        # Under the floor now and not at the previous snapshot: alert once; re-arms on recovery.
-        below = self.floor is not None and bp is not None and bp < self.floor
-        was_below = self.floor is not None and previous is not None and previous < self.floor
-        if below and not was_below:
-            self.emit(conn, Notification(
-                rule="buying_power_low", account=event.account, subject="buying power",
-                key=f"buying_power_low:{event.account}:{event.id}",
-                title=f"Buying power {_money(bp)} is under {_money(self.floor)}",
-                body=f"Account {event.account}: buying power {_money(bp)}, floor {_money(self.floor)}",
-                occurred_at=event.fetched_at, event_id=event.id,
-                data={"buying_power": str(bp), "floor": str(self.floor)},
-            ))
+        n = self._buying_power_low(event, bp, row[0] if row else None)
+        if n is not None:
+            self.emit(conn, n)
 
     def _portfolio(self, conn: psycopg.Connection[Any], event: Event, obj: dict[str, Any]) -> None:
-        equity = _opt_dec(obj.get("equity")) or _opt_dec(obj.get("extended_hours_equity"))
-        prev = _opt_dec(obj.get("adjusted_equity_previous_close")) or _opt_dec(obj.get("equity_previous_close"))
+        equity, prev = _equity(obj)
         conn.execute(
             """INSERT INTO notify_accounts (account, equity, previous_close, updated_at)
                VALUES (%s, %s, %s, %s)
@@ -489,6 +536,142 @@ class Rules:
                    updated_at = greatest(notify_accounts.updated_at, EXCLUDED.updated_at)""",
             (event.account, equity, prev, event.fetched_at),
         )
+
+    # ---- the batch handler (a replay's speed) ------------------------------------------------
+    def handle_batch(self, conn: psycopg.Connection[Any], events: Sequence[Event]) -> None:
+        """Exactly :meth:`handle` for each event in order, in a few statements per batch.
+
+        The rule state (the ``notify_*`` tables, a few rows per account) is loaded once,
+        every event is applied to an in-memory copy that mirrors the per-event SQL row for row
+        (the same guards, the same upsert rules, the same row order for the alerts), and the
+        changed rows, the deliveries and their messages are written back at the end. Anything
+        unusual (a payload that does not parse, a number PostgreSQL might refuse) raises, and
+        the runtime then redoes the batch one :meth:`handle` per event, which decides.
+        """
+        if len(events) < SMALL_BATCH:  # a live cycle's few events: loading would cost more
+            for event in events:
+                self.handle(conn, event)
+            return
+        parsed: list[Any] = []
+        for event in events:
+            if event.malformed:
+                raise PayloadError(f"snapshot body is not JSON: {event.raw_body!r:.60}")
+            value = self._parse(event) if event.kind in KINDS else None
+            _check_storable(event.kind, value)
+            parsed.append(value)
+        batch = _Batch.load(conn, events, parsed)
+        for event, value in zip(events, parsed, strict=True):
+            if event.kind not in KINDS:
+                continue
+            if not batch.fresh(event):
+                log.info("%s: event %s (%s, %s) is older than one already applied; ignored",
+                         NAME, event.id, event.kind, event.account)
+                continue
+            if event.kind == eventlog.STOCK_POSITIONS:
+                self._batch_stocks(batch, event, value)
+            elif event.kind == eventlog.OPTION_POSITIONS:
+                self._batch_options(batch, event, value)
+            elif event.kind == eventlog.QUOTES:
+                self._batch_quotes(batch, event, value)
+            elif event.kind == eventlog.ACCOUNT:
+                bp = _buying_power(value)  # as parsed for the alert, as stored for the state
+                previous = batch.set_account(event, buying_power=_db(bp))
+                self._batch_emit(batch, self._buying_power_low(event, bp, previous))
+            else:
+                equity, prev = _equity(value)
+                batch.set_account(event, equity=_db(equity), previous_close=_db(prev))
+        batch.write(conn)
+        items = batch.notifications
+        new = record_many(conn, items, self.sinks)
+        fresh_keys = {key for _, key, _ in new}
+        for n, expired in items:  # logged as emit() logs: the notification that recorded it
+            if n.key in fresh_keys:
+                fresh_keys.discard(n.key)
+                if not expired:
+                    log.info("notification %s: %s", n.key, n.title)
+
+    def _batch_emit(self, batch: _Batch, n: Notification | None) -> None:
+        if n is not None:
+            batch.notifications.append((n, self.clock() - n.occurred_at > self.max_age))
+
+    def _batch_positions(self, batch: _Batch, event: Event, asset: str, new: dict[str, Held]
+                         ) -> tuple[dict[str, _Position], list[Held]]:
+        """:meth:`_positions` on the in-memory rows; returns copies of the previous rows."""
+        rows = batch.positions.setdefault(event.account, {})
+        old = {k: r.copy() for k, r in rows.items() if r.asset == asset}
+        changed: list[Held] = []
+        for key, h in new.items():
+            o = old.get(key)
+            if o is None:
+                self._batch_emit(batch, _opened(event, asset, h))
+                changed.append(h)
+            elif (o.label, o.quantity, o.average_cost, o.multiplier, o.direction, o.expiration) != (
+                    h.label, h.quantity, h.average_cost, h.multiplier, h.direction, h.expiration):
+                changed.append(h)
+            elif o.mark != h.mark:
+                rows[key].mark = _db(h.mark)
+                batch.touch(event.account, key)
+        for h in changed:  # INSERT ... ON CONFLICT (account, position_key) DO UPDATE
+            row = rows.get(h.key)
+            if row is None:
+                rows[h.key] = _Position(asset, h.symbol, h.label, _db(h.quantity), _db(h.average_cost),
+                                        _db(h.multiplier), h.direction, h.expiration, _db(h.mark),
+                                        None, event.id, event.fetched_at)
+            else:  # asset, symbol, opened_event_id and pnl_pct are kept
+                row.label, row.quantity, row.average_cost = h.label, _db(h.quantity), _db(h.average_cost)
+                row.multiplier, row.direction, row.expiration = _db(h.multiplier), h.direction, h.expiration
+                row.mark, row.updated_at = _db(h.mark), event.fetched_at
+            batch.touch(event.account, h.key)
+        for key in sorted((k for k in old if k not in new), key=batch.rank):
+            self._batch_emit(batch, _closed(event, asset, key, old[key].label, old[key].quantity))
+            del rows[key]
+            batch.touch(event.account, key)
+        return old, changed
+
+    def _batch_pnl(self, batch: _Batch, event: Event, positions: list[Priced]) -> None:
+        changed, moves = self._pnl_moves(event, positions)
+        for n in moves:
+            self._batch_emit(batch, n)
+        for account, key, pct in changed:  # UPDATE ... WHERE account AND position_key
+            row = batch.positions.get(account, {}).get(key)
+            if row is not None:
+                row.pnl_pct = _db(pct)
+                batch.touch(account, key)
+
+    def _batch_stocks(self, batch: _Batch, event: Event, new: dict[str, Held]) -> None:
+        _, changed = self._batch_positions(batch, event, "stock", new)
+        if changed:
+            keys = {h.key for h in changed}
+            rows = batch.positions.get(event.account, {})
+            self._batch_pnl(batch, event, batch.priced(
+                (event.account, k, r) for k, r in rows.items()
+                if r.asset == "stock" and k in keys))
+
+    def _batch_options(self, batch: _Batch, event: Event, new: dict[str, Held]) -> None:
+        old, _ = self._batch_positions(batch, event, "option", new)
+        self._batch_pnl(batch, event, [
+            Priced(event.account, h.key, "option", h.label, h.quantity, h.average_cost, h.multiplier,
+                   h.direction, old[h.key].pnl_pct if h.key in old else None, h.mark)
+            for h in new.values()
+        ])
+        for n in self._expiring(event, new):
+            self._batch_emit(batch, n)
+
+    def _batch_quotes(self, batch: _Batch, event: Event, prices: dict[str, Decimal]) -> None:
+        if not prices:
+            return
+        for symbol, price in prices.items():  # ... DO UPDATE WHERE q.fetched_at <= new
+            cur = batch.quotes.get(symbol)
+            if cur is None or cur[1] <= event.fetched_at:
+                batch.quotes[symbol] = (_db(price), event.fetched_at)
+                batch.dirty_quotes.add(symbol)
+        batch_rows = (
+            (account, k, r)
+            for account, rows in batch.positions.items()
+            for k, r in rows.items()
+            if r.asset == "stock" and r.symbol in prices
+        )
+        self._batch_pnl(batch, event, batch.priced(batch_rows))
 
     # ---- time-based rules (the runtime's tick, when caught up) -------------------------------
     def tick(self, conn: psycopg.Connection[Any]) -> None:
@@ -593,6 +776,220 @@ class Rules:
         conn.execute("TRUNCATE " + ", ".join(STATE_TABLES))
 
 
+# ---- the batch handler's in-memory rule state ------------------------------------------------
+
+SMALL_BATCH = 3  # fewer events than this: the per-event handler (loading the state costs more)
+# Numbers a batch keeps in memory must be ones PostgreSQL stores (numeric has limits): a batch
+# with a wilder number is left to the per-event handler, which decides.
+_MAX_EXPONENT = 900  # numeric input takes exponents up to 1000
+
+
+@overload
+def _db(d: Decimal) -> Decimal: ...
+@overload
+def _db(d: None) -> None: ...
+@overload
+def _db(d: Decimal | None) -> Decimal | None: ...
+def _db(d: Decimal | None) -> Decimal | None:
+    """The value as it reads back from a numeric column (PostgreSQL has no negative zero)."""
+    return d.copy_abs() if d is not None and d.is_zero() else d
+
+
+def _check_storable(kind: str, value: Any) -> None:
+    numbers: list[Decimal | None] = []
+    if kind in (eventlog.STOCK_POSITIONS, eventlog.OPTION_POSITIONS):
+        for h in value.values():
+            numbers += (h.quantity, h.average_cost, h.multiplier, h.mark)
+    elif kind == eventlog.QUOTES:
+        numbers += value.values()
+    elif kind == eventlog.ACCOUNT:
+        numbers.append(_buying_power(value))
+    elif kind == eventlog.PORTFOLIO:
+        numbers += _equity(value)
+    for d in numbers:
+        if d is None:
+            continue
+        _, digits, exponent = d.as_tuple()
+        if not -_MAX_EXPONENT <= exponent <= _MAX_EXPONENT - len(digits):  # type: ignore[operator]
+            raise PayloadError(f"{kind}: number out of the batch handler's range: {d!s:.40}")
+
+
+@dataclass(slots=True)
+class _Position:
+    """A ``notify_positions`` row (without its key)."""
+
+    asset: str
+    symbol: str
+    label: str
+    quantity: Decimal
+    average_cost: Decimal
+    multiplier: Decimal
+    direction: int
+    expiration: date | None
+    mark: Decimal | None
+    pnl_pct: Decimal | None
+    opened_event_id: int
+    updated_at: datetime
+
+    def copy(self) -> _Position:
+        return _Position(self.asset, self.symbol, self.label, self.quantity, self.average_cost,
+                         self.multiplier, self.direction, self.expiration, self.mark, self.pnl_pct,
+                         self.opened_event_id, self.updated_at)
+
+
+@dataclass
+class _Batch:
+    """The ``notify_*`` tables in memory for one batch, and what the batch fired."""
+
+    marks: dict[tuple[str, str], tuple[datetime, int]]
+    positions: dict[str, dict[str, _Position]]  # account -> position key -> row
+    quotes: dict[str, tuple[Decimal, datetime]]
+    accounts: dict[str, list[Any]]  # account -> [buying_power, equity, previous_close, updated_at]
+    loaded_positions: set[tuple[str, str]]
+    order: dict[str, int]  # text -> its rank in the database's collation (ORDER BY)
+    dirty_marks: set[tuple[str, str]] = field(default_factory=set)
+    dirty_positions: set[tuple[str, str]] = field(default_factory=set)
+    dirty_quotes: set[str] = field(default_factory=set)
+    dirty_accounts: set[str] = field(default_factory=set)
+    notifications: list[tuple[Notification, bool]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, conn: psycopg.Connection[Any], events: Sequence[Event], parsed: list[Any]) -> _Batch:
+        marks = {(r[0], r[1]): (r[2], r[3]) for r in conn.execute(
+            "SELECT account, kind, fetched_at, event_id FROM notify_snapshot_marks")}
+        positions: dict[str, dict[str, _Position]] = {}
+        for r in conn.execute(
+                """SELECT account, position_key, asset, symbol, label, quantity, average_cost,
+                          multiplier, direction, expiration, mark, pnl_pct, opened_event_id,
+                          updated_at
+                   FROM notify_positions"""):
+            positions.setdefault(r[0], {})[r[1]] = _Position(*r[2:])
+        quotes = {r[0]: (r[1], r[2]) for r in conn.execute(
+            "SELECT symbol, price, fetched_at FROM notify_quotes")}
+        accounts = {r[0]: list(r[1:]) for r in conn.execute(
+            "SELECT account, buying_power, equity, previous_close, updated_at FROM notify_accounts")}
+        # Every account and position key the batch can order: rank them as ORDER BY would.
+        texts = set(positions)
+        for rows in positions.values():
+            texts.update(rows)
+        for event, value in zip(events, parsed, strict=True):
+            texts.add(event.account)
+            if event.kind in (eventlog.STOCK_POSITIONS, eventlog.OPTION_POSITIONS):
+                texts.update(value)
+        row = conn.execute("SELECT array_agg(t ORDER BY t) FROM unnest(%s::text[]) AS t",
+                           (sorted(texts),)).fetchone()
+        order = {t: i for i, t in enumerate(row[0] if row and row[0] else [])}
+        loaded = {(a, k) for a, rows in positions.items() for k in rows}
+        return cls(marks, positions, quotes, accounts, loaded, order)
+
+    def rank(self, text: str) -> int:
+        return self.order[text]
+
+    def touch(self, account: str, key: str) -> None:
+        self.dirty_positions.add((account, key))
+
+    def fresh(self, event: Event) -> bool:
+        """:meth:`Rules._fresh`: record the event unless a newer one of its (account, kind) was."""
+        key = (event.account, event.kind)
+        cur = self.marks.get(key)
+        if cur is not None and cur[0] > event.fetched_at:
+            return False
+        self.marks[key] = (event.fetched_at, event.id)
+        self.dirty_marks.add(key)
+        return True
+
+    def priced(self, rows: Any) -> list[Priced]:
+        """The positions joined with their quote, ORDER BY account, position_key."""
+        out = [(account, k, r, q[0]) for account, k, r in rows
+               if (q := self.quotes.get(r.symbol)) is not None]
+        out.sort(key=lambda x: (self.order[x[0]], self.order[x[1]]))
+        return [Priced(account, k, r.asset, r.label, r.quantity, r.average_cost, r.multiplier,
+                       r.direction, r.pnl_pct, price) for account, k, r, price in out]
+
+    def set_account(self, event: Event, **values: Decimal | None) -> Decimal | None:
+        """The ``notify_accounts`` upsert; returns the previous buying power."""
+        row = self.accounts.get(event.account)
+        previous = row[0] if row is not None else None
+        if row is None:
+            row = self.accounts[event.account] = [None, None, None, event.fetched_at]
+        else:
+            row[3] = max(row[3], event.fetched_at)
+        if "buying_power" in values:
+            row[0] = values["buying_power"]
+        if "equity" in values:
+            row[1], row[2] = values["equity"], values["previous_close"]
+        self.dirty_accounts.add(event.account)
+        return previous
+
+    def write(self, conn: psycopg.Connection[Any]) -> None:
+        """Write the changed rows back: a few set-based statements for the whole batch."""
+        if self.dirty_marks:
+            m = sorted(self.dirty_marks)
+            conn.execute(
+                """INSERT INTO notify_snapshot_marks AS m (account, kind, fetched_at, event_id)
+                   SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::bigint[])
+                   ON CONFLICT (account, kind) DO UPDATE
+                   SET fetched_at = EXCLUDED.fetched_at, event_id = EXCLUDED.event_id""",
+                ([a for a, _ in m], [k for _, k in m], [self.marks[x][0] for x in m],
+                 [self.marks[x][1] for x in m]),
+            )
+        gone = sorted(x for x in self.dirty_positions
+                      if x in self.loaded_positions and x[1] not in self.positions.get(x[0], {}))
+        if gone:
+            conn.execute(
+                """DELETE FROM notify_positions p USING unnest(%s::text[], %s::text[]) AS v(a, k)
+                   WHERE p.account = v.a AND p.position_key = v.k""",
+                ([a for a, _ in gone], [k for _, k in gone]),
+            )
+        put = sorted(x for x in self.dirty_positions if x[1] in self.positions.get(x[0], {}))
+        if put:
+            rows = [(a, k, self.positions[a][k]) for a, k in put]
+            conn.execute(
+                """INSERT INTO notify_positions (account, position_key, asset, symbol, label,
+                       quantity, average_cost, multiplier, direction, expiration, mark, pnl_pct,
+                       opened_event_id, updated_at)
+                   SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                       %s::numeric[], %s::numeric[], %s::numeric[], %s::int[], %s::date[],
+                       %s::numeric[], %s::numeric[], %s::bigint[], %s::timestamptz[])
+                   ON CONFLICT (account, position_key) DO UPDATE
+                   SET asset = EXCLUDED.asset, symbol = EXCLUDED.symbol, label = EXCLUDED.label,
+                       quantity = EXCLUDED.quantity, average_cost = EXCLUDED.average_cost,
+                       multiplier = EXCLUDED.multiplier, direction = EXCLUDED.direction,
+                       expiration = EXCLUDED.expiration, mark = EXCLUDED.mark,
+                       pnl_pct = EXCLUDED.pnl_pct, opened_event_id = EXCLUDED.opened_event_id,
+                       updated_at = EXCLUDED.updated_at""",
+                ([a for a, _, _ in rows], [k for _, k, _ in rows],
+                 [r.asset for *_, r in rows], [r.symbol for *_, r in rows],
+                 [r.label for *_, r in rows], [r.quantity for *_, r in rows],
+                 [r.average_cost for *_, r in rows], [r.multiplier for *_, r in rows],
+                 [r.direction for *_, r in rows], [r.expiration for *_, r in rows],
+                 [r.mark for *_, r in rows], [r.pnl_pct for *_, r in rows],
+                 [r.opened_event_id for *_, r in rows], [r.updated_at for *_, r in rows]),
+            )
+        if self.dirty_quotes:
+            q = sorted(self.dirty_quotes)
+            conn.execute(
+                """INSERT INTO notify_quotes (symbol, price, fetched_at)
+                   SELECT * FROM unnest(%s::text[], %s::numeric[], %s::timestamptz[])
+                   ON CONFLICT (symbol) DO UPDATE
+                   SET price = EXCLUDED.price, fetched_at = EXCLUDED.fetched_at""",
+                (q, [self.quotes[s][0] for s in q], [self.quotes[s][1] for s in q]),
+            )
+        if self.dirty_accounts:
+            acc = sorted(self.dirty_accounts)
+            conn.execute(
+                """INSERT INTO notify_accounts (account, buying_power, equity, previous_close,
+                       updated_at)
+                   SELECT * FROM unnest(%s::text[], %s::numeric[], %s::numeric[], %s::numeric[],
+                       %s::timestamptz[])
+                   ON CONFLICT (account) DO UPDATE
+                   SET buying_power = EXCLUDED.buying_power, equity = EXCLUDED.equity,
+                       previous_close = EXCLUDED.previous_close, updated_at = EXCLUDED.updated_at""",
+                (acc, [self.accounts[a][0] for a in acc], [self.accounts[a][1] for a in acc],
+                 [self.accounts[a][2] for a in acc], [self.accounts[a][3] for a in acc]),
+            )
+
+
 def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Consumer:
     """The notifications consumer for these settings (ConfigError when a sink lacks a value)."""
     sinks = check_settings(settings)
@@ -601,6 +998,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         name=NAME,
         kinds=KINDS,
         handle=rules.handle,
+        handle_batch=rules.handle_batch,
         reset=rules.reset,
         tick=rules.tick,
         tick_interval=settings.notify_tick_interval,
