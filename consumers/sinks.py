@@ -17,6 +17,7 @@ import hashlib
 import os
 import smtplib
 import ssl
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
@@ -155,15 +156,54 @@ class LogSink:
     name: str = "log"
 
     def send(self, message: Outgoing) -> None:
+        """Append the message unless its key is already in the file.
+
+        The worker marks a delivery sent in the transaction around the send; a worker or
+        database dying between this write and that commit retries the delivery. Other sinks
+        can only pass an idempotency key on; for the file we own, the retry finds the key
+        already written and does nothing, so the log sink is exactly once.
+        """
         line = orjson.dumps({"sent_at": datetime.now().astimezone().isoformat(), **message.as_json()})
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "ab") as f:
-                f.write(line + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
+            with _LOG_INDEX_LOCK:
+                keys = _written_keys(self.path)
+                if message.dedupe_key in keys:
+                    return
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "ab") as f:
+                    f.write(line + b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                keys.add(message.dedupe_key)
+                _LOG_INDEX[self.path] = (self.path.stat().st_size, keys)
         except OSError as exc:
             raise SinkError(f"log sink: cannot write {self.path}: {exc.strerror or exc}") from None
+
+
+# The keys already in each log sink file, read once per worker and then only the new tail.
+_LOG_INDEX_LOCK = threading.Lock()
+_LOG_INDEX: dict[Path, tuple[int, set[str]]] = {}
+
+
+def _written_keys(path: Path) -> set[str]:
+    scanned, keys = _LOG_INDEX.get(path, (0, set()))
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if size < scanned:  # rotated or truncated by the user: start over
+        scanned, keys = 0, set()
+    if size > scanned:
+        with open(path, "rb") as f:
+            f.seek(scanned)
+            for raw in f.read(size - scanned).splitlines():
+                try:
+                    keys.add(orjson.loads(raw)["key"])
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line someone edited, or cut short by a crash
+        scanned = size
+    _LOG_INDEX[path] = (scanned, keys)
+    return keys
 
 
 def _http_error(sink: str, status: int, text: str) -> SinkError:

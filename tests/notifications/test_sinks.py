@@ -157,3 +157,27 @@ def test_unknown_sink_and_bad_time_zone(tmp_path):
     with pytest.raises(ConfigError, match="BROKERSYNC_NOTIFY_TIME_ZONE"):
         check_settings(make_settings(tmp_path, notify_time_zone="Mars/Olympus"))
     assert check_settings(make_settings(tmp_path, notify_sinks="none")) == ()
+
+
+def test_log_sink_writes_a_key_once_even_when_a_retry_sends_it_again(tmp_path):
+    """A worker dying between the write and the commit retries the send: the file keeps one line."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from consumers.sinks import LogSink, Outgoing
+
+    path = tmp_path / "n.jsonl"
+    msg = Outgoing(id=1, dedupe_key="rule:A:X:1", sink="log", rule="rule", account="A", subject="X",
+                   title="t", body="b", occurred_at=datetime(2026, 11, 20, tzinfo=UTC), data={})
+    other = Outgoing(id=2, dedupe_key="rule:A:X:2", sink="log", rule="rule", account="A", subject="X",
+                     title="t", body="b", occurred_at=datetime(2026, 11, 20, tzinfo=UTC), data={})
+    LogSink(path).send(msg)
+    LogSink(path).send(msg)
+    LogSink(path).send(other)
+    from consumers import sinks
+
+    sinks._LOG_INDEX.clear()  # a new worker process: reads the keys back from the file
+    LogSink(path).send(msg)
+    keys = [orjson.loads(line)["key"] for line in path.read_bytes().splitlines()]
+    assert keys == ["rule:A:X:1", "rule:A:X:2"]
