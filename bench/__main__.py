@@ -26,9 +26,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import pipeline
+from brokersync.db import with_dbname
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -43,11 +43,6 @@ TARGETS = {
     "idle_cpu_pct": ("<", 1.0),
 }
 
-
-def with_db(url: str, name: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = name
-    return make_conninfo(**params)
 
 
 class Server:
@@ -70,7 +65,7 @@ class Server:
         with psycopg.connect(self.admin, autocommit=True) as c:
             c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.created.append(name)
-        url = with_db(self.admin, name)
+        url = with_dbname(self.admin, name)
         if migrate:
             from schema import migrate as run_migrations
 

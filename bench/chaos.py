@@ -80,14 +80,12 @@ class PrivateServer:
                        timeout=60, **kwargs)
 
     def database(self) -> str:
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+        from brokersync.db import with_dbname
 
         name = f"chaos_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(self.admin, autocommit=True) as c:
             c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        params = conninfo_to_dict(self.admin)
-        params["dbname"] = name
-        return make_conninfo(**params)
+        return with_dbname(self.admin, name)
 
     def close(self) -> None:
         self.server.stop()

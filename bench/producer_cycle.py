@@ -32,17 +32,13 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from brokersync.db import with_dbname
 
 ROOT = Path(__file__).resolve().parent.parent
 LATENCY = 0.1
 EPOCH = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # a Monday, market open
 
-
-def _with_db(url: str, name: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = name
-    return make_conninfo("", **params)
 
 
 def cycles(url: str, work: Path, steady_cycles: int = 10) -> dict[str, Any]:
@@ -150,7 +146,7 @@ def measure() -> dict[str, Any]:
         for name in names:
             with psycopg.connect(admin, autocommit=True) as c:
                 c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            url = _with_db(admin, name)
+            url = with_dbname(admin, name)
             from schema import migrate
 
             with psycopg.connect(url, autocommit=True) as c:

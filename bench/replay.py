@@ -24,17 +24,13 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from brokersync.db import with_dbname
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSUMERS = ("positions", "balances", "trade_history", "cache_invalidation", "notifications")
 SIM_END = "2026-11-20T22:00:00+00:00"  # fixed, so every run replays the same history
 
-
-def _with_db(url: str, name: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = name
-    return make_conninfo("", **params)
 
 
 def _simulate(url: str, days: float, work: Path) -> None:
@@ -115,7 +111,7 @@ def measure(days: float = 365, parallel: bool = False) -> dict[str, Any]:
     try:
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        url = _with_db(admin, name)
+        url = with_dbname(admin, name)
         from schema import migrate
 
         with psycopg.connect(url, autocommit=True) as c:

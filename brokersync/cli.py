@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
 
 import orjson
 
@@ -418,4 +417,4 @@ def run() -> None:
     sys.exit(main())
 
 
-__all__ = ["main", "build_parser", "wait_for_database", "Progress", "Any"]
+__all__ = ["main", "build_parser", "wait_for_database", "Progress"]

@@ -33,6 +33,15 @@ def redact_url(url: str) -> str:
     return _KV_PASSWORD.sub(r"\1***", url)
 
 
+def with_dbname(url: str, dbname: str) -> str:
+    """The same server and credentials, another database."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo("", **params)
+
+
 class Database:
     """Where the database is; starts the embedded server on demand and stops it if it owns it."""
 

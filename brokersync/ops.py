@@ -11,7 +11,7 @@ import psycopg
 
 from brokersync.errors import BrokersyncError
 from consumers.runtime import Consumer, advisory_key
-from schema.eventlog import CONTROL_CHANNEL
+from schema.eventlog import CONTROL_CHANNEL, log_ahead_of_server
 
 # ---- status --------------------------------------------------------------------------------
 
@@ -23,19 +23,6 @@ def consumer_is_active(conn: psycopg.Connection[Any], name: str) -> bool:
              WHERE locktype = 'advisory' AND objsubid = 1 AND granted
                AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0))""",
         (advisory_key(name),),
-    ).fetchone()
-    return bool(row and row[0])
-
-
-def log_ahead_of_server(conn: psycopg.Connection[Any]) -> bool:
-    """True when stored tx_ids are beyond this server's next transaction id.
-
-    That happens when the database was restored into another cluster (pg_dump/restore keeps the
-    old ids; pg_upgrade keeps the counter and is fine): new events would sort below every
-    cursor and never be read.
-    """
-    row = conn.execute(
-        "SELECT coalesce(max(tx_id) >= pg_snapshot_xmax(pg_current_snapshot()), false) FROM staging_snapshots"
     ).fetchone()
     return bool(row and row[0])
 

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from brokersync.components import Component
 from brokersync.exitcodes import RET_CONFIG, RET_OK, RET_USAGE
@@ -39,7 +39,6 @@ class Child:
     next_start: float = 0.0
     given_up: bool = False
     backoff: float = 1.0
-    history: list[int] = field(default_factory=list)
 
 
 class Supervisor:
@@ -96,7 +95,6 @@ class Supervisor:
                     if now - child.started > STABLE_AFTER:
                         child.backoff = self.first_backoff
                     continue
-                child.history.append(code)
                 child.proc = None
                 if code in NO_RESTART:
                     child.given_up = True

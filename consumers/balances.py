@@ -208,6 +208,8 @@ def handle_batch(conn: psycopg.Connection[Any], events: Sequence[Event]) -> None
     ai = {c: i for i, c in enumerate(_TA_COLS)}
     for event, values in parsed:
         t, key = event.fetched_at, (event.account,)
+        cols: tuple[str, ...]
+        new: tuple[Any, ...]
         if event.kind == ACCOUNT:
             cols, new = _ACCOUNT_COLS, (*values, t)
         else:

@@ -20,6 +20,7 @@ from the events, so a replay rebuilds the tables row for row.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -323,7 +324,7 @@ def handle_batch(conn: psycopg.Connection[Any], events: Sequence[Event]) -> None
         elif event.kind == OPTION_POSITIONS:
             _option_rows(event, payload)
             parsed.add(event.id)
-            checks.append((event, payload, _known_or(parsed, lambda p, e=event: _option_rows(e, p))))
+            checks.append((event, payload, _known_or(parsed, functools.partial(_option_rows, event))))
         elif event.kind == QUOTES:
             symbols = {r[0] for r in _quote_rows(payload)}
             quoted[event.id] = symbols

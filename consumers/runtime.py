@@ -38,7 +38,7 @@ from psycopg import pq, sql
 
 from brokersync.db import connect, is_connection_error
 from brokersync.signals import Backoff
-from schema.eventlog import CONTROL_CHANNEL, EVENTS_CHANNEL, parse_notice
+from schema.eventlog import CONTROL_CHANNEL, EVENTS_CHANNEL, log_ahead_of_server, parse_notice
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ class Runner:
     on_batch: Callable[[int], None] | None = None
     applied_total: int = 0
     _last_heartbeat: float = 0.0
+    _check_retries: bool = True
     _last_tick: float = 0.0
 
     # ---- the outer loop: (re)connect with backoff --------------------------------------------
@@ -197,6 +198,7 @@ class Runner:
                 with conn.transaction():
                     self.consumer.setup(conn)
             self._register(conn)
+            self._check_retries = True  # after every (re)connect
             log.info("%s: started (kinds: %s)", self.consumer.name, ", ".join(self.consumer.kinds) or "all")
             backoff.reset()
             self._loop(conn)
@@ -230,10 +232,7 @@ class Runner:
             (self.consumer.name, list(self.consumer.kinds), os.getpid(), socket.gethostname()),
         )
         self._last_heartbeat = time.monotonic()
-        ahead = conn.execute(
-            "SELECT coalesce(max(tx_id) >= pg_snapshot_xmax(pg_current_snapshot()), false) FROM staging_snapshots"
-        ).fetchone()
-        if ahead and ahead[0]:
+        if log_ahead_of_server(conn):
             log.error(
                 "%s: the event log's transaction ids are ahead of this server's (the database was "
                 "restored into another server?): new events sort below the cursor and will not be "
@@ -246,7 +245,9 @@ class Runner:
         held_wait = HELD_BACK_RECHECK
         held_since: float | None = None
         while not self.stop.is_set():
-            self._retry_requested(conn)
+            if self._check_retries:  # session start, a control NOTIFY, or the slow poll
+                self._check_retries = False
+                self._retry_requested(conn)
             applied, full, held_back = self._batch(conn)
             if self.stop.is_set():
                 return
@@ -327,6 +328,7 @@ class Runner:
         while not self.stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                self._check_retries = True  # the slow poll also covers a lost control NOTIFY
                 return
             woke = False
             for n in conn.notifies(timeout=min(WAIT_SLICE, remaining)):
@@ -334,8 +336,8 @@ class Runner:
                     notice = parse_notice(n.payload)
                     if notice is None or not kinds or notice.kind in kinds:
                         woke = True
-                elif n.channel == CONTROL_CHANNEL:
-                    woke = woke or self._is_for_me(n.payload)
+                elif n.channel == CONTROL_CHANNEL and self._is_for_me(n.payload):
+                    woke = self._check_retries = True
                 if woke:
                     break
             if woke:

@@ -44,6 +44,20 @@ def parse_notice(payload: str) -> EventNotice | None:
         return None
 
 
+def log_ahead_of_server(conn: psycopg.Connection[Any]) -> bool:
+    """True when stored tx_ids are beyond this server's next transaction id.
+
+    That happens when the database was restored into another cluster (pg_dump/restore keeps the
+    old ids; pg_upgrade keeps the counter and is fine): new events would sort below every
+    cursor and never be read.
+    """
+    row = conn.execute(
+        "SELECT coalesce(max(tx_id) >= pg_snapshot_xmax(pg_current_snapshot()), false) "
+        "FROM staging_snapshots"
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def append_snapshot(
     conn: psycopg.Connection[Any],
     *,

@@ -19,18 +19,12 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from brokersync.db import configure
+from brokersync.db import configure, with_dbname
 from schema import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def _with_db(url: str, dbname: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +52,7 @@ def template_db(pg_admin_url: str) -> str:
     with psycopg.connect(pg_admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with psycopg.connect(_with_db(pg_admin_url, name), autocommit=True) as conn:
+    with psycopg.connect(with_dbname(pg_admin_url, name), autocommit=True) as conn:
         migrate(conn)
     return name
 
@@ -82,7 +76,7 @@ def drop_database(pg_admin_url: str, name: str) -> None:
 def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
     """A fresh, migrated database for one test."""
     name = create_database(pg_admin_url, template_db)
-    yield _with_db(pg_admin_url, name)
+    yield with_dbname(pg_admin_url, name)
     drop_database(pg_admin_url, name)
 
 
@@ -90,7 +84,7 @@ def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
 def empty_db_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh database with no schema at all (for migration tests)."""
     name = create_database(pg_admin_url)
-    yield _with_db(pg_admin_url, name)
+    yield with_dbname(pg_admin_url, name)
     drop_database(pg_admin_url, name)
 
 
